@@ -1,0 +1,1 @@
+"""siyu.schemas.migrations.versions."""
