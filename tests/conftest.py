@@ -1,0 +1,36 @@
+"""Test session setup: quiet, offline Prefect and GX, a private SIYU_HOME, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="siyu-test-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ["SIYU_HOME"] = str(_SESSION_HOME / "siyu")
+
+import pytest  # noqa: E402
+
+pytest_plugins = ["tests.fixtures.database", "tests.fixtures.sandbox"]
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One real, ephemeral Prefect server (SQLite) for the whole session: it takes ~10 s to start."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def siyu_home(tmp_path, monkeypatch) -> Path:
+    """A fresh SIYU_HOME for one test."""
+    home = tmp_path / "siyu-home"
+    home.mkdir()
+    monkeypatch.setenv("SIYU_HOME", str(home))
+    return home
