@@ -24,7 +24,9 @@ class Settings(BaseModel):
     wecom_corp_id: str = Field(description="WeCom corp id (SIYU_WECOM_CORP_ID)")
     wecom_secret: SecretStr = Field(description="WeCom app secret (SIYU_WECOM_SECRET)")
     wecom_agent_id: int = Field(description="WeCom app agent id (SIYU_WECOM_AGENT_ID)")
-    branches: tuple[str, ...] = Field(description="Known branch codes (SIYU_BRANCHES, comma-separated)")
+    branches: tuple[str, ...] = Field(
+        description="Known branch codes (SIYU_BRANCHES, comma-separated)"
+    )
 
     @property
     def landing_dir(self) -> Path:

@@ -1,0 +1,1 @@
+"""siyu benchmarks: `make bench`."""

@@ -1,0 +1,64 @@
+"""The ExportSource block: where core-banking exports land, how they are written, what passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr
+
+from siyu.schemas.export import DEFAULT_BRANCHES, ExportLayout
+
+
+class ExportSource(Block):
+    """The bank's daily core-banking export and the quality bar it must clear.
+
+    Load with `ExportSource.load("siyu")`.
+    """
+
+    _block_type_name = "siyu Export Source"
+    _block_type_slug = "siyu-export-source"
+    _description = "Where the core-banking export lands, its layout, and the gate's thresholds."
+
+    landing_dir: str = Field(description="Directory the daily exports land in")
+    reports_dir: str = Field(description="Directory where Data Docs of every gate run are kept")
+    layout: ExportLayout = Field(
+        default_factory=ExportLayout, description="File format, encoding, delimiter and headers"
+    )
+    branches: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_BRANCHES), description="The bank's branch codes"
+    )
+    volume_tolerance: float = Field(
+        default=0.20,
+        ge=0,
+        le=1,
+        description="Allowed row-count change against the last accepted export",
+    )
+    row_failure_threshold: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="Quarantined share of rows above which the sync blocks",
+    )
+    row_error_threshold: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Share of WeCom calls failing per contact above which the sync ends Failed",
+    )
+    timezone: str = Field(default="Asia/Shanghai", description="Time zone of the business date")
+    mobile_salt: SecretStr = Field(
+        description="Secret salt for hashing mobiles; changing it unbinds every contact"
+    )
+
+    def landing_path(self) -> Path:
+        """The landing directory as a path."""
+        return Path(self.landing_dir)
+
+    def reports_path(self) -> Path:
+        """The reports directory as a path."""
+        return Path(self.reports_dir)
+
+    def salt(self) -> bytes:
+        """The only place the salt is unwrapped."""
+        return self.mobile_salt.get_secret_value().encode()

@@ -1,0 +1,144 @@
+"""Tag rules as data: which WeCom tags a bank customer should carry, editable without code."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+# WeCom caps tag and tag-group names (reported 30 characters; keep it here, in one place).
+NAME_MAX = 30
+# Desired and synced tags are compared as bit sets (one bit per managed tag), see tasks/tagging.py.
+MAX_MANAGED_TAGS = 64
+
+TagName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+
+
+class RangeTag(BaseModel):
+    """A tag for values in [low, high): high None means no upper bound."""
+
+    name: TagName
+    low: float = Field(ge=0, description="Inclusive lower bound, yuan")
+    high: float | None = Field(default=None, description="Exclusive upper bound, yuan; none = open")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RangeTag:
+        if self.high is not None and self.high <= self.low:
+            raise ValueError(f"tag {self.name}: high ({self.high}) must be above low ({self.low})")
+        return self
+
+
+class RangeRule(BaseModel):
+    """Tags by a money column: each customer gets the tags whose ranges hold the value."""
+
+    kind: Literal["range"] = "range"
+    group: TagName = Field(description="WeCom tag group the tags live in")
+    field: Literal["aum", "aum_peak"] = Field(description="Export column the ranges apply to")
+    tags: list[RangeTag] = Field(min_length=1)
+
+
+class FlagTag(BaseModel):
+    """A tag carried when a product or payroll flag is set."""
+
+    name: TagName
+    field: Literal[
+        "payroll",
+        "holds_wealth",
+        "holds_fund",
+        "holds_insurance",
+        "holds_loan",
+        "holds_credit_card",
+    ]
+
+
+class FlagRule(BaseModel):
+    """Tags by yes/no columns: one tag per flag that is set."""
+
+    kind: Literal["flag"] = "flag"
+    group: TagName
+    tags: list[FlagTag] = Field(min_length=1)
+
+
+class ValueTag(BaseModel):
+    """A tag carried when a column holds one exact value."""
+
+    name: TagName
+    value: str = Field(min_length=1, description="The value as the export writes it, e.g. 直营")
+
+
+class ValueRule(BaseModel):
+    """Tags by a categorical column (customer class, branch)."""
+
+    kind: Literal["value"] = "value"
+    group: TagName
+    field: Literal["customer_class", "branch_code"]
+    tags: list[ValueTag] = Field(min_length=1)
+
+
+TagRule = Annotated[RangeRule | FlagRule | ValueRule, Field(discriminator="kind")]
+
+
+class TagRuleSet(BaseModel):
+    """The whole rule set. siyu manages exactly the tag groups named here and no others."""
+
+    rules: list[TagRule] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> TagRuleSet:
+        seen: set[tuple[str, str]] = set()
+        for rule in self.rules:
+            for tag in rule.tags:
+                key = (rule.group, tag.name)
+                if key in seen:
+                    raise ValueError(f"tag {tag.name} appears twice in group {rule.group}")
+                seen.add(key)
+        if len(seen) > MAX_MANAGED_TAGS:
+            raise ValueError(f"{len(seen)} tags: siyu manages at most {MAX_MANAGED_TAGS}")
+        return self
+
+    def managed_tags(self) -> list[tuple[str, str]]:
+        """(group, tag) of every managed tag, in rule order: the bit order of tag sets."""
+        return [(rule.group, tag.name) for rule in self.rules for tag in rule.tags]
+
+    def groups(self) -> list[str]:
+        """Managed tag group names, in order, without repeats."""
+        return list(dict.fromkeys(rule.group for rule in self.rules))
+
+
+WAN = 10_000.0  # 万: ten thousand yuan
+
+DEFAULT_RULES = TagRuleSet(
+    rules=[
+        RangeRule(
+            group="资产等级",
+            field="aum",
+            tags=[
+                RangeTag(name="资产5万以下", low=0, high=5 * WAN),
+                RangeTag(name="资产5万-20万", low=5 * WAN, high=20 * WAN),
+                RangeTag(name="资产20万-100万", low=20 * WAN, high=100 * WAN),
+                RangeTag(name="资产100万以上", low=100 * WAN),
+            ],
+        ),
+        RangeRule(
+            group="历史资产",
+            field="aum_peak",
+            tags=[RangeTag(name="历史资产10万以上", low=10 * WAN)],
+        ),
+        ValueRule(
+            group="客户类别",
+            field="customer_class",
+            tags=[ValueTag(name="直营客户", value="直营"), ValueTag(name="代工客户", value="代工")],
+        ),
+        FlagRule(group="代发工资", tags=[FlagTag(name="代发工资客户", field="payroll")]),
+        FlagRule(
+            group="持有产品",
+            tags=[
+                FlagTag(name="理财", field="holds_wealth"),
+                FlagTag(name="基金", field="holds_fund"),
+                FlagTag(name="保险", field="holds_insurance"),
+                FlagTag(name="贷款", field="holds_loan"),
+                FlagTag(name="信用卡", field="holds_credit_card"),
+            ],
+        ),
+    ]
+)
