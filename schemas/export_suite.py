@@ -52,12 +52,18 @@ class QualityCheck:
 
 
 QUALITY_CHECKS: tuple[QualityCheck, ...] = (
-    QualityCheck("columns_present", "table", "every required column (客户号 ... 数据日期) is present"),
+    QualityCheck(
+        "columns_present", "table", "every required column (客户号 ... 数据日期) is present"
+    ),
     QualityCheck("encoding", "table", "the file is readable GBK or UTF-8 text (or Parquet)"),
     QualityCheck("not_empty", "table", "the file has at least one data row"),
-    QualityCheck("not_truncated", "table", "the last line is complete (the file was fully written)"),
     QualityCheck(
-        "types_parse", "table", "every non-empty amount, flag and date parses (当前资产 ... 数据日期)"
+        "not_truncated", "table", "the last line is complete (the file was fully written)"
+    ),
+    QualityCheck(
+        "types_parse",
+        "table",
+        "every non-empty amount, flag and date parses (当前资产 ... 数据日期)",
     ),
     QualityCheck("customer_id_not_null", "table", "every row has a customer id (客户号)"),
     QualityCheck("customer_id_unique", "table", "no customer id (客户号) appears twice"),
@@ -76,9 +82,7 @@ QUALITY_CHECKS: tuple[QualityCheck, ...] = (
 QUARANTINE_CHECK = QualityCheck(
     "quarantine_share", "table", "the share of rows failing row checks is within the threshold"
 )
-CHECKS_BY_NAME: dict[str, QualityCheck] = {
-    c.name: c for c in (*QUALITY_CHECKS, QUARANTINE_CHECK)
-}
+CHECKS_BY_NAME: dict[str, QualityCheck] = {c.name: c for c in (*QUALITY_CHECKS, QUARANTINE_CHECK)}
 # Checks found while reading the file, before GX can look at it.
 LOAD_CHECKS: tuple[str, ...] = ("columns_present", "encoding", "not_truncated")
 ROW_CHECKS: tuple[str, ...] = tuple(c.name for c in QUALITY_CHECKS if c.level == "row")
@@ -123,7 +127,9 @@ def build_export_suite(
         gxe.ExpectColumnValuesToMatchRegex(
             column="mobile", regex=MOBILE_PATTERN, meta=_meta("mobile_format")
         ),
-        gxe.ExpectColumnValuesToBeBetween(column="aum", min_value=0, meta=_meta("aum_non_negative")),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="aum", min_value=0, meta=_meta("aum_non_negative")
+        ),
         gxe.ExpectColumnValuesToBeBetween(
             column="aum_peak", min_value=0, meta=_meta("aum_peak_non_negative")
         ),
@@ -134,11 +140,10 @@ def build_export_suite(
             column="customer_class", value_set=list(CUSTOMER_CLASSES), meta=_meta("class_known")
         ),
     ]
-    suite = gx.ExpectationSuite(name=SUITE_NAME)
     for expectation in expectations:
         check = CHECKS_BY_NAME[expectation.meta[CHECK_META_KEY]]
         expectation.description = f"{check.name}: {check.description}"
-        suite.add_expectation(expectation)
+    suite = gx.ExpectationSuite(name=SUITE_NAME, expectations=expectations)
     return suite
 
 
