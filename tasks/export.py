@@ -1,0 +1,400 @@
+"""Find the newest core-banking export and load it into a typed frame, noting its problems."""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from siyu.schemas.export import (
+    DATE_FORMATS,
+    EXPORT_COLUMNS,
+    FLAG_FALSE,
+    FLAG_TRUE,
+    ExportColumn,
+    ExportLayout,
+)
+
+EXPORT_GLOBS: tuple[str, ...] = ("core_export_*.csv", "core_export_*.parquet")
+
+# The name column is personal and no rule needs it: it is never read, so never required either.
+LOADED_COLUMNS: tuple[ExportColumn, ...] = tuple(c for c in EXPORT_COLUMNS if c.kind != "pii")
+LOADED_FIELDS: tuple[str, ...] = tuple(c.field for c in LOADED_COLUMNS)
+# Columns that may fail to parse; each gets a `_bad_<field>` helper column.
+PARSED_FIELDS: tuple[str, ...] = tuple(
+    c.field for c in LOADED_COLUMNS if c.kind in ("decimal", "flag", "date")
+)
+
+# A plain decimal, optionally signed, with optional exponent: what the fallback parse accepts.
+_DECIMAL_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
+_FLAG_TRUE = pa.array(sorted(FLAG_TRUE))
+_FLAG_FALSE = pa.array(sorted(FLAG_FALSE))
+_CHUNK = 1 << 16
+# Low-cardinality columns are read dictionary-encoded: each distinct text is then parsed once.
+_REPEATING_KINDS = frozenset({"branch", "class", "flag", "date"})
+_CSV_TYPES: dict[str, pa.DataType] = {
+    c.field: pa.dictionary(pa.int32(), pa.string()) if c.kind in _REPEATING_KINDS else pa.string()
+    for c in LOADED_COLUMNS
+}
+
+
+@dataclass
+class LoadProblem:
+    """A table-level problem found while reading: the gate turns it into a failed check."""
+
+    check: str
+    message: str
+
+
+@dataclass
+class LoadedExport:
+    """An export file read into a typed frame (no name column), with what went wrong reading it."""
+
+    path: Path
+    checksum: str
+    frame: pd.DataFrame
+    row_count: int
+    problems: list[LoadProblem] = field(default_factory=list)
+
+    @property
+    def is_csv(self) -> bool:
+        """True for delimited text, where row i sits on file line i + 2."""
+        return self.path.suffix.lower() != ".parquet"
+
+
+def file_checksum(path: Path) -> str:
+    """sha256 hex digest of the file's bytes: the export's identity for "already synced"."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def newest_export(landing_dir: Path) -> Path | None:
+    """The newest core_export_*.csv|.parquet in `landing_dir`, or None when nothing has landed.
+
+    Names carry the business date (core_export_YYYYMMDD), so the name decides; the
+    modification time breaks ties between a date's re-deliveries.
+    """
+    if not landing_dir.is_dir():
+        return None
+    found = {p for pattern in EXPORT_GLOBS for p in landing_dir.glob(pattern) if p.is_file()}
+    if not found:
+        return None
+    return max(found, key=lambda p: (p.stem, p.stat().st_mtime, p.name))
+
+
+def load_export(path: Path, layout: ExportLayout = ExportLayout()) -> LoadedExport:
+    """Read an export into a typed frame; problems are reported, never raised.
+
+    CSV is read as text in the layout's encoding, falling back to UTF-8 (with or without
+    BOM) when the headers do not match. Parquet uses the English field names.
+    """
+    path = Path(path)
+    checksum = file_checksum(path)
+    if layout.format == "parquet" or path.suffix.lower() == ".parquet":
+        table, problems = _read_parquet(path)
+    else:
+        table, problems = _read_csv(path, layout)
+    if table is None:
+        return LoadedExport(path, checksum, _empty_frame(), 0, problems)
+    frame = _typed_frame(table)
+    if len(frame) == 0:
+        problems.append(LoadProblem("not_empty", "the file has a header but no data rows"))
+    return LoadedExport(path, checksum, frame, len(frame), problems)
+
+
+def _read_csv(path: Path, layout: ExportLayout) -> tuple[pa.Table | None, list[LoadProblem]]:
+    """Decode the header, check the columns and the last line, then read with pyarrow."""
+    with path.open("rb") as f:
+        header_line = f.readline()
+    found = _match_header(header_line, layout)
+    if found is None:
+        return None, [
+            LoadProblem(
+                "encoding",
+                f"the file is neither {layout.encoding} nor UTF-8 text",
+            )
+        ]
+    encoding, headers, missing = found
+    if missing:
+        return None, [LoadProblem("columns_present", _missing_message(missing, layout))]
+
+    problems: list[LoadProblem] = []
+    to_field = layout.header_to_field()
+    names: list[str] = []
+    for i, header in enumerate(headers):
+        name = to_field.get(header, f"_unused_{i}")
+        names.append(name if name not in names else f"_unused_{i}")
+    source: str | pa.NativeFile = str(path)
+    cut_at = _truncation_point(path, encoding, len(headers), layout.delimiter)
+    if cut_at is not None:
+        source = pa.BufferReader(pa.memory_map(str(path)).read_buffer(cut_at))
+    # pyarrow skips a UTF-8 BOM itself and reads UTF-8 natively (much faster than transcoding).
+    arrow_encoding = "utf8" if codecs.lookup(encoding).name.startswith("utf-8") else encoding
+    try:
+        table = pcsv.read_csv(
+            source,
+            read_options=pcsv.ReadOptions(
+                encoding=arrow_encoding, column_names=names, skip_rows=1, block_size=1 << 24
+            ),
+            parse_options=pcsv.ParseOptions(delimiter=layout.delimiter),
+            convert_options=pcsv.ConvertOptions(
+                column_types=_CSV_TYPES,
+                include_columns=list(LOADED_FIELDS),
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+                null_values=[""],
+            ),
+        )
+    except (UnicodeDecodeError, UnicodeError):
+        return None, [LoadProblem("encoding", f"the file's rows are not valid {encoding} text")]
+    except (pa.ArrowInvalid, ValueError):
+        # pyarrow's message quotes the offending row (mobiles): never pass it on.
+        return None, [
+            LoadProblem(
+                "types_parse",
+                "a row has the wrong number of fields or broken quoting",
+            )
+        ]
+    if cut_at is not None:
+        line = table.num_rows + 2
+        problems.append(
+            LoadProblem(
+                "not_truncated",
+                f"the last line (line {line}) is cut off: the file was not completely written",
+            )
+        )
+    return table, problems
+
+
+def _match_header(
+    header_line: bytes, layout: ExportLayout
+) -> tuple[str, list[str], list[str]] | None:
+    """Try the layout's encoding, then UTF-8; return (encoding, headers, missing fields).
+
+    None when the header decodes in neither. When both decode but columns are missing,
+    the decoding that finds more of our headers wins, so the report names real gaps.
+    """
+    best: tuple[str, list[str], list[str]] | None = None
+    for encoding in dict.fromkeys((layout.encoding, "utf-8-sig")):
+        try:
+            text = header_line.decode(encoding).rstrip("\r\n")
+        except (UnicodeDecodeError, LookupError):
+            continue
+        try:
+            headers = [h.strip() for h in next(csv.reader([text], delimiter=layout.delimiter))]
+        except (csv.Error, StopIteration):
+            continue
+        present = set(headers)
+        missing = [f for f in LOADED_FIELDS if layout.headers.get(f) not in present]
+        if not missing:
+            return encoding, headers, []
+        if best is None or len(missing) < len(best[2]):
+            best = (encoding, headers, missing)
+    return best
+
+
+def _missing_message(missing: list[str], layout: ExportLayout) -> str:
+    """Ops-readable list of missing columns, e.g. 'column 手机号 (mobile) is missing'."""
+    named = [f"{layout.headers.get(f, f)} ({f})" for f in missing]
+    if len(named) == 1:
+        return f"column {named[0]} is missing"
+    return f"columns {', '.join(named)} are missing"
+
+
+def _truncation_point(path: Path, encoding: str, n_fields: int, delimiter: str) -> int | None:
+    """Byte offset to read up to when the last line was cut off, else None.
+
+    A complete file ends with a newline; one without it is truncated when its last line
+    does not decode or has the wrong number of fields.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - _CHUNK))
+        tail = f.read()
+    if not tail or tail.endswith(b"\n"):
+        return None
+    newline = tail.rfind(b"\n")
+    if newline < 0 and size <= _CHUNK:
+        return None  # a single line: the header alone, reported as "not_empty"
+    start = size - len(tail) + newline + 1
+    last = tail[newline + 1 :]
+    try:
+        fields = next(csv.reader([last.decode(encoding)], delimiter=delimiter, strict=True))
+    except (UnicodeDecodeError, csv.Error, StopIteration):
+        return start
+    return None if len(fields) == n_fields else start
+
+
+def _read_parquet(path: Path) -> tuple[pa.Table | None, list[LoadProblem]]:
+    """Read the loaded fields of a Parquet export (English field names)."""
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError):
+        return None, [LoadProblem("encoding", "the file is not a readable Parquet file")]
+    present = set(parquet.schema_arrow.names)
+    missing = [f for f in LOADED_FIELDS if f not in present]
+    if missing:
+        names = ", ".join(missing)
+        return None, [
+            LoadProblem(
+                "columns_present",
+                f"column(s) {names} missing from the Parquet export",
+            )
+        ]
+    try:
+        return parquet.read(columns=list(LOADED_FIELDS)), []
+    except (pa.ArrowException, OSError):
+        return None, [LoadProblem("encoding", "the Parquet file's data cannot be read")]
+
+
+def _typed_frame(table: pa.Table) -> pd.DataFrame:
+    """Cast text columns to their kinds with pyarrow.compute, then convert to pandas once."""
+    columns: dict[str, pa.ChunkedArray] = {}
+    bad: dict[str, pa.ChunkedArray] = {}
+    for column in LOADED_COLUMNS:
+        values = table.column(column.field)
+        if column.field == "customer_id":
+            trimmed = pc.utf8_trim_whitespace(_as_text(values))
+            columns[column.field] = pc.if_else(pc.equal(trimmed, ""), None, trimmed)
+        elif column.kind in ("mobile", "branch", "class"):
+            # Missing is "", not null: GX ignores nulls, and an empty mobile must fail its format.
+            columns[column.field] = pc.fill_null(_decoded(values), "")
+        elif column.kind == "decimal":
+            columns[column.field], bad[column.field] = _parse_decimal(values)
+        elif column.kind == "flag":
+            columns[column.field], bad[column.field] = _parse_flag(values)
+        elif column.kind == "date":
+            columns[column.field], bad[column.field] = _parse_date(values)
+        else:
+            columns[column.field] = _as_text(values)
+    typed = pa.table(columns)
+    frame = typed.to_pandas(types_mapper=_pandas_type, split_blocks=True, self_destruct=True)
+    for name in PARSED_FIELDS:
+        frame[f"_bad_{name}"] = bad[name].to_numpy()
+    return frame
+
+
+def _pandas_type(arrow_type: pa.DataType) -> object:
+    """Flags become pandas' nullable boolean (NA where unparsable)."""
+    if arrow_type == pa.bool_():
+        return pd.BooleanDtype()
+    return None
+
+
+def _as_text(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A column as strings, whatever type a Parquet writer gave it."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return values
+    return pc.cast(values, pa.string())
+
+
+def _parse_decimal(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """float64 (null where unparsable) and the mask of non-empty values that did not parse."""
+    if pa.types.is_integer(values.type) or pa.types.is_floating(values.type):
+        numbers = pc.cast(values, pa.float64())
+    else:
+        text = _as_text(values)
+        try:
+            numbers = pc.cast(text, pa.float64())  # the fast path: every value is clean
+        except pa.ArrowInvalid:
+            trimmed = pc.utf8_trim_whitespace(text)
+            clean = pc.match_substring_regex(trimmed, _DECIMAL_PATTERN)
+            numbers = pc.cast(pc.if_else(clean, trimmed, None), pa.float64())
+    # "nan" and "inf" cast fine but are not amounts.
+    finite = pc.fill_null(pc.is_finite(numbers), False)
+    numbers = pc.if_else(finite, numbers, None)
+    return numbers, pc.and_(pc.is_valid(values), pc.invert(finite))
+
+
+def _parse_flag(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """Boolean from 是/否, Y/N, 1/0 (null where unparsable), and the unparsable mask."""
+    if pa.types.is_boolean(values.type):
+        return values, _nothing_bad(values)
+
+    def truth(words: pa.Array) -> pa.Array:
+        return pc.if_else(
+            pc.is_in(words, value_set=_FLAG_TRUE),
+            True,
+            pc.if_else(pc.is_in(words, value_set=_FLAG_FALSE), False, None),
+        )
+
+    flags = _map_distinct(values, truth, pa.bool_())
+    return flags, pc.and_(pc.is_valid(values), pc.is_null(flags))
+
+
+def _parse_date(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """timestamp[s] from YYYYMMDD or YYYY-MM-DD (null where unparsable), and the mask."""
+    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+        return pc.cast(values, pa.timestamp("s")), _nothing_bad(values)
+
+    def parse(words: pa.Array) -> pa.Array:
+        candidates = [
+            pc.strptime(words, format=fmt, unit="s", error_is_null=True) for fmt in DATE_FORMATS
+        ]
+        return pc.coalesce(*candidates)
+
+    dates = _map_distinct(values, parse, pa.timestamp("s"))
+    return dates, pc.and_(pc.is_valid(values), pc.is_null(dates))
+
+
+def _map_distinct(
+    values: pa.ChunkedArray, convert: Callable[[pa.Array], pa.Array], to: pa.DataType
+) -> pa.ChunkedArray:
+    """Apply `convert` to each distinct (trimmed) text once and spread the result to every row.
+
+    Flags and dates repeat (a handful of flag words, one export date, a few thousand
+    opening dates), so this parses thousands of texts instead of millions.
+    """
+    mapped = []
+    for chunk in _dictionary(values).chunks:
+        converted = convert(pc.utf8_trim_whitespace(chunk.dictionary))
+        mapped.append(pc.take(converted, chunk.indices))
+    return pa.chunked_array(mapped, type=to)
+
+
+def _dictionary(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """The column dictionary-encoded (the CSV reader already delivers it so)."""
+    if pa.types.is_dictionary(values.type):
+        return values
+    return pc.dictionary_encode(_as_text(values))
+
+
+def _decoded(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Plain strings from a possibly dictionary-encoded column."""
+    if pa.types.is_dictionary(values.type):
+        return pa.chunked_array(
+            [pc.take(c.dictionary, c.indices) for c in values.chunks], type=pa.string()
+        )
+    return _as_text(values)
+
+
+def _nothing_bad(values: pa.ChunkedArray) -> pa.ChunkedArray:
+    """An all-False parse-failure mask for a column that arrived already typed."""
+    return pc.is_null(pc.is_valid(values))
+
+
+def _empty_frame() -> pd.DataFrame:
+    """The typed frame's columns with no rows, for files too broken to read."""
+    frame = pd.DataFrame({f: pd.Series(dtype="str") for f in LOADED_FIELDS})
+    for column in LOADED_COLUMNS:
+        if column.kind == "decimal":
+            frame[column.field] = pd.Series(dtype="float64")
+        elif column.kind == "flag":
+            frame[column.field] = pd.Series(dtype="boolean")
+        elif column.kind == "date":
+            frame[column.field] = pd.Series(dtype="datetime64[s]")
+    for name in PARSED_FIELDS:
+        frame[f"_bad_{name}"] = pd.Series(dtype=bool)
+    return frame

@@ -1,0 +1,221 @@
+"""Tests for the export quality gate: each broken export blocks on exactly its own check."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from siyu.sandbox.export_files import write_export
+from siyu.schemas.export import DEFAULT_BRANCHES
+from siyu.schemas.export_suite import QUALITY_CHECKS, ROW_CHECKS, build_export_suite
+from siyu.tasks import quality
+from siyu.tasks.export import load_export
+from siyu.tasks.quality import mask_customer_id, run_gate
+from tests.bad_exports import (
+    BAD_MOBILE_ROWS,
+    CORPUS_EXPECTED_FAILURES,
+    CORPUS_PREVIOUS_ROW_COUNT,
+    NEGATIVE_AUM_ROWS,
+    bad_export_corpus,
+    good_frame,
+)
+
+EXPORT_DATE = date(2026, 11, 24)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    out = tmp_path_factory.mktemp("corpus")
+    files = bad_export_corpus(out, export_date=EXPORT_DATE)
+    results = {
+        name: run_gate(
+            load_export(path),
+            expected_date=EXPORT_DATE,
+            previous_row_count=CORPUS_PREVIOUS_ROW_COUNT[name],
+            branches=DEFAULT_BRANCHES,
+        )
+        for name, path in files.items()
+    }
+    return files, results
+
+
+def _personal_values(files) -> set[str]:
+    """Every mobile and name the corpus was built from (all cases share one base frame)."""
+    base = good_frame(1000, export_date=EXPORT_DATE, seed=3)
+    return set(base["mobile"]) | set(base["name"])
+
+
+def _assert_clean(text: str, personal: set[str]) -> None:
+    leaked = [value for value in personal if value and value in text]
+    assert not leaked, f"personal data in output: {len(leaked)} values"
+
+
+def test_mask_customer_id():
+    assert mask_customer_id("C0000000042") == "C****0042"
+    assert mask_customer_id("  C0000000042 ") == "C****0042"
+    assert mask_customer_id("0042") == "****42"  # a short id shows less, never all of it
+
+
+def test_good_export_passes_every_check(tmp_path):
+    text = good_frame(300, export_date=EXPORT_DATE)
+    gate = run_gate(
+        load_export(write_export(text, tmp_path / "core_export_20261124.csv")),
+        expected_date=EXPORT_DATE,
+        previous_row_count=290,
+        branches=DEFAULT_BRANCHES,
+    )
+    assert gate.passed
+    assert [c.name for c in gate.checks] == [c.name for c in QUALITY_CHECKS] + ["quarantine_share"]
+    assert all(c.passed and c.failed_count == 0 and c.sample == [] for c in gate.checks)
+    assert len(gate.accepted) == 300 and len(gate.quarantined) == 0
+    assert not [c for c in gate.accepted.columns if c.startswith("_")]
+    assert gate.message.startswith("export 2026-11-24 passed")
+    assert gate.data_docs is None
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS_EXPECTED_FAILURES))
+def test_each_corpus_case_fails_exactly_its_checks(corpus, case):
+    files, results = corpus
+    gate = results[case]
+    failed = {c.name for c in gate.checks if not c.passed}
+
+    assert failed == CORPUS_EXPECTED_FAILURES[case]
+    assert gate.passed is (case == "quarantine_small")
+    if not gate.passed:
+        assert gate.accepted.empty
+        assert gate.message.startswith("export 2026-11-24 failed")
+        assert gate.message.endswith("fix the export and rerun tag-sync")
+    _assert_clean(gate.message, _personal_values(files))
+    for check in gate.checks:
+        _assert_clean(f"{check}", _personal_values(files))
+
+
+def test_messages_name_failures_with_counts_and_masked_samples(corpus):
+    _, results = corpus
+    negative = results["negative_aum_2pct"]
+    assert "20 rows with negative AUM (sample: C****0001, C****0051" in negative.message
+    assert "2 %" in negative.message and "1 % threshold" in negative.message
+    share = next(c for c in negative.checks if c.name == "quarantine_share")
+    assert share.failed_count == 20 and len(share.sample) == 5
+
+    duplicates = next(c for c in results["duplicate_ids"].checks if not c.passed)
+    assert duplicates.failed_count == 6  # three ids, each on two rows
+    assert duplicates.sample == ["C****0001", "C****0011", "C****0021"]
+    assert "6 rows sharing a customer id" in results["duplicate_ids"].message
+
+    garbage = next(c for c in results["type_garbage"].checks if not c.passed)
+    assert garbage.failed_count == 3
+    assert "aum 3" in results["type_garbage"].message
+    assert "found 2026-11-23" in results["stale_date"].message
+    assert "1,000 rows against 2,000" in results["volume_drop"].message
+    assert "手机号 (mobile)" in results["missing_column"].message
+    assert "line 1001" in results["truncated"].message
+
+
+def test_small_quarantine_passes_with_its_rows_and_reasons(corpus):
+    _, results = corpus
+    gate = results["quarantine_small"]
+    assert gate.passed
+    assert gate.quarantined["row_number"].tolist() == BAD_MOBILE_ROWS
+    assert set(gate.quarantined["reasons"]) == {"mobile_format"}
+    assert gate.quarantined["customer_id"].tolist() == [
+        f"C{3 * 10_000_000 + row + 1:010d}" for row in BAD_MOBILE_ROWS
+    ]
+    assert set(gate.quarantined.columns) == {"row_number", "customer_id", "reasons"}
+    assert len(gate.accepted) == 995
+    assert not set(gate.accepted.index) & set(BAD_MOBILE_ROWS)
+    assert "5 rows quarantined (0.5 %)" in gate.message
+
+    negative = results["negative_aum_2pct"]
+    assert negative.quarantined["row_number"].tolist() == NEGATIVE_AUM_ROWS
+
+
+def test_threshold_is_configurable(corpus):
+    files, _ = corpus
+    gate = run_gate(
+        load_export(files["negative_aum_2pct"]),
+        expected_date=EXPORT_DATE,
+        previous_row_count=None,
+        branches=DEFAULT_BRANCHES,
+        row_failure_threshold=0.05,
+    )
+    assert gate.passed
+    assert len(gate.accepted) == 980
+
+
+def test_several_reasons_on_one_row(tmp_path):
+    text = good_frame(200, export_date=EXPORT_DATE)
+    text.loc[4, ["mobile", "branch_code", "customer_class", "aum_peak"]] = [
+        "x",
+        "BR999",
+        "其他",
+        "-1",
+    ]
+    gate = run_gate(
+        load_export(write_export(text, tmp_path / "core_export_20261124.csv")),
+        expected_date=EXPORT_DATE,
+        previous_row_count=None,
+        branches=DEFAULT_BRANCHES,
+    )
+    assert gate.passed
+    assert gate.quarantined.to_dict("records") == [
+        {
+            "row_number": 4,
+            "customer_id": text.loc[4, "customer_id"],
+            "reasons": "mobile_format,aum_peak_non_negative,branch_known,class_known",
+        }
+    ]
+
+
+def test_gx_counts_equal_the_row_masks(tmp_path):
+    text = good_frame(400, export_date=EXPORT_DATE)
+    text.loc[[1, 2, 3], "mobile"] = ["１３８００１３８０００", "13800138000\n", "12800138000"]
+    text.loc[[4, 5], "customer_id"] = ["", "   "]
+    text.loc[7, "customer_id"] = text.loc[6, "customer_id"]
+    text.loc[[8, 9], "aum"] = ["-0.01", "oops"]
+    text.loc[10, "aum_peak"] = "-5"
+    text.loc[[11, 12], "branch_code"] = ["", "br001"]
+    text.loc[13, "customer_class"] = "直营 "
+    text.loc[[14, 15], "export_date"] = ["20261123", ""]
+    text.loc[16, "holds_loan"] = "?"
+    frame = load_export(write_export(text, tmp_path / "core_export_20261124.csv")).frame
+
+    masks = quality._masks(frame, EXPORT_DATE, DEFAULT_BRANCHES)
+    suite = build_export_suite(
+        expected_date=EXPORT_DATE,
+        branches=DEFAULT_BRANCHES,
+        previous_row_count=None,
+        volume_tolerance=0.2,
+    )
+    outcomes, _ = quality._validate(quality._validation_frame(frame, masks), suite, None)
+
+    row_like = [*ROW_CHECKS, "customer_id_not_null", "customer_id_unique", "types_parse"]
+    row_like.append("export_date_expected")
+    for check in row_like:
+        assert outcomes[check][1] == int(masks[check].sum()), check
+        assert outcomes[check][0] == bool(masks[check].sum() == 0), check
+    assert masks["mobile_format"].sum() == 3
+    assert masks["customer_id_not_null"].sum() == 2
+    assert masks["customer_id_unique"].sum() == 2
+    assert masks["branch_known"].sum() == 2
+    assert masks["export_date_expected"].sum() == 2
+
+
+def test_data_docs_hold_no_personal_data(tmp_path, corpus):
+    files, _ = corpus
+    docs = tmp_path / "docs"
+    gate = run_gate(
+        load_export(files["quarantine_small"]),
+        expected_date=EXPORT_DATE,
+        previous_row_count=1000,
+        branches=DEFAULT_BRANCHES,
+        docs_dir=docs,
+    )
+    assert gate.data_docs is not None and gate.data_docs.name == "index.html"
+    assert gate.data_docs.is_file() and docs in gate.data_docs.parents
+    written = [p for p in docs.rglob("*") if p.is_file()]
+    assert any("validations" in str(p) for p in written)
+    personal = _personal_values(files)
+    for path in written:
+        _assert_clean(path.read_bytes().decode("utf-8", errors="ignore"), personal)
