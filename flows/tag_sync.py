@@ -2,8 +2,23 @@
 
 from __future__ import annotations
 
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
 from prefect import flow
+from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
+
+from siyu.blocks.environment import load_environment
+from siyu.tasks.export_registry import ACCEPTED, SYNCED
+from siyu.tasks.reports import SyncSummary
+from siyu.tasks.tag_sync import (
+    gate_export,
+    plan_tag_changes,
+    push_tags,
+    receive_export,
+    report_tag_sync,
+)
 
 
 class TagSyncParameters(BaseModel):
@@ -29,12 +44,88 @@ class TagSyncParameters(BaseModel):
     )
 
 
-@flow(name="tag-sync")
-def tag_sync(params: TagSyncParameters | None = None) -> dict:
-    """Sync tags from the core-banking export to WeCom contacts (stub until issue 3 lands).
+@flow(name="tag-sync", persist_result=False, log_prints=False)
+def tag_sync(params: TagSyncParameters | None = None) -> State:
+    """Sync tags from the core-banking export to WeCom contacts, sending only the difference.
 
     Args:
         params: which export, dry run, business date and quarantine threshold.
     """
     params = params or TagSyncParameters()
-    return {"status": "stub", "params": params.model_dump()}
+    env = load_environment()
+    received = receive_export(env.export_source, env.database, params.export_file)
+    record = received.record
+    summary = SyncSummary(export_file=received.path.name, export_date=None, dry_run=params.dry_run)
+    if record.status == SYNCED:
+        summary.message = (
+            f"{received.path.name} was already synced (export #{record.id}): nothing to do"
+        )
+        report_tag_sync(env.database, record, summary, finished=False)
+        return Completed(message=summary.message, data=summary.as_dict())
+
+    if record.status == ACCEPTED and not params.dry_run:
+        # A push of this export was cut short: finish it before anything else.
+        push_tags(env.wecom, env.database, record.batch)
+
+    business_date = _business_date(params.business_date, env.export_source.timezone)
+    summary.export_date = business_date.isoformat()
+    gate = gate_export(
+        env.export_source, env.database, received, business_date, params.row_failure_threshold
+    )
+    summary.checks_total = len(gate.checks)
+    summary.checks_failed = sum(not c.passed for c in gate.checks)
+    summary.rows_read = len(gate.accepted) + len(gate.quarantined)
+    summary.rows_accepted = len(gate.accepted)
+    summary.rows_quarantined = len(gate.quarantined)
+    if not gate.passed:
+        summary.message = gate.message
+        report_tag_sync(env.database, record, summary, finished=False)
+        return Failed(message=gate.message, data=summary.as_dict())
+
+    plan = plan_tag_changes(
+        env.wecom,
+        env.database,
+        env.export_source,
+        env.tag_rules.rule_set,
+        record,
+        gate.accepted,
+        summary,
+    )
+    if params.dry_run:
+        summary.message = (
+            f"dry run: {summary.pairs_changed:,} contact pairs would change "
+            f"(+{summary.tags_added:,} / -{summary.tags_removed:,} tags); nothing was sent"
+        )
+        report_tag_sync(env.database, record, summary, finished=False)
+        return Completed(message=summary.message, data=summary.as_dict())
+
+    pushed = push_tags(env.wecom, env.database, plan.batch)
+    summary.calls_sent = pushed.sent
+    summary.calls_reconciled = pushed.reconciled
+    summary.calls_resent = pushed.resent
+    summary.calls_failed = pushed.failed
+    summary.row_errors = pushed.errors
+    attempted = pushed.sent + pushed.resent + pushed.failed
+    refused_share = pushed.failed / attempted if attempted else 0.0
+    summary.message = (
+        f"{received.path.name}: {summary.pairs_changed:,} contact pairs changed with "
+        f"{pushed.sent + pushed.resent:,} mark_tag calls; {pushed.failed:,} refused by WeCom"
+    )
+    too_many = refused_share > env.export_source.row_error_threshold
+    if too_many:
+        summary.message += (
+            f" ({refused_share:.1%} of calls, above the {env.export_source.row_error_threshold:.0%} "
+            "threshold) - check the contacts listed in the report, run contacts-sync, then rerun tag-sync"
+        )
+    report_tag_sync(env.database, record, summary, finished=True)
+    if too_many:
+        return Failed(message=summary.message, data=summary.as_dict())
+    if pushed.failed:
+        summary.message += " - completed with warnings, see the report"
+    return Completed(message=summary.message, data=summary.as_dict())
+
+
+def _business_date(given: str | None, timezone: str) -> date:
+    if given:
+        return datetime.strptime(given, "%Y%m%d").date()
+    return datetime.now(ZoneInfo(timezone)).date()

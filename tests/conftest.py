@@ -21,10 +21,11 @@ pytest_plugins = ["tests.fixtures.database", "tests.fixtures.sandbox"]
 @pytest.fixture(scope="session")
 def prefect_server():
     """One real, ephemeral Prefect server (SQLite) for the whole session: it takes ~10 s to start."""
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=120):
-        yield
+        yield PREFECT_API_URL.value()  # for subprocesses (the CLI) to reach the same server
 
 
 @pytest.fixture

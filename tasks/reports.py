@@ -1,0 +1,115 @@
+"""Reports ops read in the Prefect UI: the gate's verdict and the sync's counts, ids masked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# WeCom codes a per-row failure can carry, in words ops understand.
+ROW_ERRORS: dict[int, str] = {
+    84061: "customer deleted the account manager (no contact relation)",
+    40096: "unknown external contact",
+    40068: "tag id no longer exists in WeCom",
+}
+
+
+@dataclass
+class SyncSummary:
+    """Everything one tag sync reports. Only counts and masked ids: no mobiles, no names."""
+
+    export_file: str
+    export_date: str | None
+    dry_run: bool
+    checks_total: int = 0
+    checks_failed: int = 0
+    rows_read: int = 0
+    rows_accepted: int = 0
+    rows_quarantined: int = 0
+    pairs_managed: int = 0  # bound (employee, contact) pairs of customers in this export
+    pairs_unbound: int = 0  # contacts with no customer in this export (tags left as they are)
+    pairs_ambiguous: int = 0
+    pairs_changed: int = 0
+    tags_added: int = 0
+    tags_removed: int = 0
+    tags_created: int = 0
+    calls_planned: int = 0
+    calls_sent: int = 0
+    calls_reconciled: int = 0
+    calls_resent: int = 0
+    calls_failed: int = 0
+    row_errors: dict[int, int] = field(default_factory=dict)
+    tag_counts: list[tuple[str, str, int, int]] = field(
+        default_factory=list
+    )  # group, tag, before, after
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict for the database and the flow's return value."""
+        out = dict(self.__dict__)
+        out["row_errors"] = {str(k): v for k, v in self.row_errors.items()}
+        out["tag_counts"] = [list(t) for t in self.tag_counts]
+        return out
+
+
+def gate_markdown(title: str, checks: Sequence[Any], message: str, data_docs: str | None) -> str:
+    """The gate's verdict: every check, pass or fail, with counts and masked sample ids."""
+    failed = [c for c in checks if not c.passed]
+    lines = [
+        f"# {title}",
+        "",
+        f"**{'BLOCKED' if failed and _blocks(failed) else 'PASSED'}**: {message}",
+        "",
+        "| check | level | result | offending rows | sample (masked) |",
+        "|---|---|---|---:|---|",
+    ]
+    for c in sorted(checks, key=lambda c: (c.passed, c.level != "table")):
+        result = "pass" if c.passed else "**FAIL**"
+        sample = ", ".join(c.sample) if c.sample else ""
+        lines.append(
+            f"| {c.description} (`{c.name}`) | {c.level} | {result} | {c.failed_count:,} | {sample} |"
+        )
+    if data_docs:
+        lines += ["", f"Data Docs for this run: `{data_docs}`"]
+    return "\n".join(lines)
+
+
+def _blocks(failed: Sequence[Any]) -> bool:
+    return any(c.level == "table" or c.name == "quarantine_share" for c in failed)
+
+
+def sync_markdown(s: SyncSummary) -> str:
+    """The sync's report: rows, pairs, calls, per-row errors and per-tag counts before and after."""
+    mode = "dry run: nothing was sent" if s.dry_run else "sent to WeCom"
+    lines = [
+        f"# Tag sync of {s.export_file} ({s.export_date or 'unknown date'}), {mode}",
+        "",
+        s.message,
+        "",
+        "| | count |",
+        "|---|---:|",
+        f"| checks passed | {s.checks_total - s.checks_failed} of {s.checks_total} |",
+        f"| rows read / accepted / quarantined | {s.rows_read:,} / {s.rows_accepted:,} / {s.rows_quarantined:,} |",
+        f"| contact pairs managed (bound to a customer in this export) | {s.pairs_managed:,} |",
+        f"| contact pairs left as they are (no customer in this export) | {s.pairs_unbound:,} |",
+        f"| contact pairs with ambiguous remark mobiles (left as they are) | {s.pairs_ambiguous:,} |",
+        f"| pairs to change / tags to add / tags to remove | {s.pairs_changed:,} / {s.tags_added:,} / {s.tags_removed:,} |",
+        f"| managed tags created in WeCom | {s.tags_created:,} |",
+        f"| mark_tag calls planned / sent / settled without a call / resent | {s.calls_planned:,} / {s.calls_sent:,} / {s.calls_reconciled:,} / {s.calls_resent:,} |",
+        f"| rows WeCom refused | {s.calls_failed:,} |",
+    ]
+    if s.row_errors:
+        lines += ["", "## Rows WeCom refused", "", "| code | meaning | rows |", "|---:|---|---:|"]
+        for code, n in sorted(s.row_errors.items()):
+            lines.append(f"| {code} | {ROW_ERRORS.get(code, 'other error')} | {n:,} |")
+    if s.tag_counts:
+        lines += [
+            "",
+            "## Contacts per tag",
+            "",
+            "| group | tag | before | after | change |",
+            "|---|---|---:|---:|---:|",
+        ]
+        for group, tag, before, after in s.tag_counts:
+            lines.append(f"| {group} | {tag} | {before:,} | {after:,} | {after - before:+,} |")
+    return "\n".join(lines)

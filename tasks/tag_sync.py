@@ -1,0 +1,307 @@
+"""The tag sync's steps as Prefect tasks: thin wrappers that compose the plain functions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from sqlalchemy.orm import Session
+
+from siyu.blocks.database import SiyuDatabase
+from siyu.blocks.export_source import ExportSource
+from siyu.blocks.wecom import WeComApp
+from siyu.schemas.models import Contact
+from siyu.schemas.tag_rules import TagRuleSet
+from siyu.tasks.export import file_checksum, load_export, newest_export
+from siyu.tasks.export_registry import (
+    ExportRecord,
+    mark_synced,
+    previous_row_count,
+    record_verdict,
+    register_export,
+)
+from siyu.tasks.matching import bind_contacts, hash_mobiles
+from siyu.tasks.outbox import DrainReport, enqueue, supersede
+from siyu.tasks.quality import GateResult, run_gate
+from siyu.tasks.reports import SyncSummary, gate_markdown, sync_markdown
+from siyu.tasks.tag_push import (
+    MARK_TAG,
+    ensure_catalog,
+    plan_mark_tag_calls,
+    push_tag_changes,
+    reachable_contact_mobiles,
+    synced_bits,
+)
+from siyu.tasks.tagging import desired_tag_bits, diff_tags
+
+# Customer frames pass between these tasks in memory only: never persisted, never hashed for a
+# cache key (Prefect would otherwise write customers' data to its result storage).
+STEP = {"persist_result": False, "cache_policy": NO_CACHE}
+
+
+class ExportNotFound(FileNotFoundError):
+    """No export to sync: the landing directory is empty or the named file is missing."""
+
+
+def _flow_run_id() -> str | None:
+    try:
+        ctx = get_run_context()
+    except Exception:  # noqa: BLE001 - outside a run (plain function call in tests)
+        return None
+    run = getattr(ctx, "task_run", None) or getattr(ctx, "flow_run", None)
+    return str(getattr(run, "flow_run_id", None) or getattr(run, "id", "")) or None
+
+
+@dataclass
+class ReceivedExport:
+    """The file to sync and what siyu already knows of its content."""
+
+    path: Path
+    record: ExportRecord
+
+
+@task(name="receive export", **STEP)
+def receive_export(
+    source: ExportSource, database: SiyuDatabase, export_file: str | None
+) -> ReceivedExport:
+    """Find the export (the named file or the newest landed one) and look its content up."""
+    if export_file:
+        path = Path(export_file)
+        if not path.is_file():
+            raise ExportNotFound(f"export file {path} does not exist - check the path and rerun")
+    else:
+        path = newest_export(source.landing_path())
+        if path is None:
+            raise ExportNotFound(
+                f"no export in {source.landing_path()} - wait for the core-banking export to land, "
+                "or run tag-sync with export_file set"
+            )
+    engine = database.get_engine()
+    try:
+        record = register_export(engine, path, file_checksum(path), _flow_run_id())
+    finally:
+        engine.dispose()
+    get_run_logger().info("export %s (#%s) is %s", path.name, record.id, record.status)
+    return ReceivedExport(path=path, record=record)
+
+
+@task(name="gate export", **STEP)
+def gate_export(
+    source: ExportSource,
+    database: SiyuDatabase,
+    received: ReceivedExport,
+    business_date: date,
+    row_failure_threshold: float | None,
+) -> GateResult:
+    """Load the export and run the quality gate; store the verdict and quarantine; report it."""
+    loaded = load_export(received.path, source.layout)
+    engine = database.get_engine()
+    try:
+        docs_dir = (
+            source.reports_path()
+            / "data-docs"
+            / f"export-{received.record.id}-{_flow_run_id() or 'local'}"
+        )
+        gate = run_gate(
+            loaded,
+            expected_date=business_date,
+            previous_row_count=previous_row_count(engine, received.record.id),
+            branches=source.branches,
+            volume_tolerance=source.volume_tolerance,
+            row_failure_threshold=(
+                source.row_failure_threshold
+                if row_failure_threshold is None
+                else row_failure_threshold
+            ),
+            docs_dir=docs_dir,
+        )
+        record_verdict(
+            engine,
+            received.record.id,
+            passed=gate.passed,
+            export_date=business_date,
+            row_count=loaded.row_count,
+            checks_total=len(gate.checks),
+            checks_failed=sum(not c.passed for c in gate.checks),
+            rows_accepted=len(gate.accepted),
+            quarantined=gate.quarantined,
+            message=gate.message,
+        )
+    finally:
+        engine.dispose()
+    create_markdown_artifact(
+        gate_markdown(
+            f"Quality gate: {received.path.name}",
+            gate.checks,
+            gate.message,
+            str(gate.data_docs) if gate.data_docs else None,
+        ),
+        key="export-quality-gate",
+        description=f"Great Expectations gate of {received.path.name}",
+    )
+    logger = get_run_logger()
+    (logger.info if gate.passed else logger.error)("%s", gate.message)
+    return gate
+
+
+@dataclass
+class TagPlan:
+    """The changes one sync makes, as stored in the outbox (or only counted, in a dry run)."""
+
+    batch: str
+    planned: int
+    summary: SyncSummary
+
+
+@task(name="plan tag changes", **STEP)
+def plan_tag_changes(
+    wecom: WeComApp,
+    database: SiyuDatabase,
+    source: ExportSource,
+    rules: TagRuleSet,
+    record: ExportRecord,
+    accepted: pd.DataFrame,
+    summary: SyncSummary,
+) -> TagPlan:
+    """Bind contacts to customers, evaluate the rules, diff against synced tags, store the calls."""
+    engine = database.get_engine()
+    client = wecom.get_client()
+    try:
+        catalog = ensure_catalog(client, engine, rules, create=not summary.dry_run)
+        customers = pd.DataFrame(
+            {
+                "customer_id": accepted["customer_id"].to_numpy(),
+                "mobile_hash": hash_mobiles(accepted["mobile"].tolist(), source.salt()),
+                "desired": desired_tag_bits(accepted, rules),
+            }
+        )
+        contact_mobiles = reachable_contact_mobiles(engine)
+        binding = bind_contacts(customers, contact_mobiles)
+        pairs = binding.pairs.merge(customers[["customer_id", "desired"]], on="customer_id")
+        diff = diff_tags(pairs, synced_bits(engine, catalog), len(catalog.tags))
+        summary.pairs_managed = len(pairs)
+        summary.pairs_unbound = binding.unmatched_pairs
+        summary.pairs_ambiguous = binding.ambiguous_pairs
+        summary.pairs_changed = len(diff.changes)
+        summary.tags_added = _popcount(diff.changes["add_bits"])
+        summary.tags_removed = _popcount(diff.changes["remove_bits"])
+        summary.tags_created = catalog.created
+        summary.tag_counts = [
+            (g, t, int(b), int(a))
+            for (g, t), b, a in zip(
+                catalog.tags, diff.counts_before, diff.counts_after, strict=True
+            )
+        ]
+        planned = 0
+        if not summary.dry_run:
+            _remember_bindings(engine, pairs)
+            supersede(engine, MARK_TAG, record.batch)
+            calls = plan_mark_tag_calls(diff.changes, catalog)
+            enqueue(engine, record.batch, calls)
+            planned = len(calls)
+        summary.calls_planned = planned
+    finally:
+        client.close()
+        engine.dispose()
+    get_run_logger().info(
+        "%s pairs managed, %s to change (%s tags to add, %s to remove)",
+        summary.pairs_managed,
+        summary.pairs_changed,
+        summary.tags_added,
+        summary.tags_removed,
+    )
+    return TagPlan(batch=record.batch, planned=planned, summary=summary)
+
+
+def _popcount(bits: pd.Series) -> int:
+    values = bits.to_numpy(dtype=np.uint64)
+    return int(sum(int(((values >> np.uint64(i)) & np.uint64(1)).sum()) for i in range(64)))
+
+
+def _remember_bindings(engine: sa.Engine, pairs: pd.DataFrame) -> None:
+    """Store which customer each pair belongs to (later flows target customers through it)."""
+    with Session(engine) as session, session.begin():
+        current = pd.DataFrame(
+            session.execute(
+                sa.select(Contact.userid, Contact.external_userid, Contact.customer_id)
+            ).all(),
+            columns=["userid", "external_userid", "old"],
+        )
+        merged = pairs[["userid", "external_userid", "customer_id"]].merge(
+            current, on=["userid", "external_userid"]
+        )
+        changed = merged[merged["customer_id"] != merged["old"]]
+        if not changed.empty:
+            session.connection().execute(
+                sa.update(Contact)
+                .where(
+                    Contact.userid == sa.bindparam("u"),
+                    Contact.external_userid == sa.bindparam("x"),
+                )
+                .values(customer_id=sa.bindparam("c")),
+                [
+                    {"u": r.userid, "x": r.external_userid, "c": r.customer_id}
+                    for r in changed.itertuples(index=False)
+                ],
+            )
+
+
+@task(name="push tag changes", retries=2, retry_delay_seconds=20, **STEP)
+def push_tags(wecom: WeComApp, database: SiyuDatabase, batch: str) -> DrainReport:
+    """Send the batch's outbox to WeCom, settling unknown outcomes first. Safe to rerun."""
+    engine = database.get_engine()
+    client = wecom.get_client()
+    progress_id = create_progress_artifact(0.0, description=f"mark_tag calls of {batch}")
+    step = {"next": 0.0}
+
+    def progress(done: int, total: int) -> None:
+        share = 100.0 * done / total
+        if share >= step["next"] or done == total:
+            update_progress_artifact(progress_id, share)
+            step["next"] = share + 5.0
+
+    try:
+        report = push_tag_changes(client, engine, batch, progress=progress)
+    finally:
+        client.close()
+        engine.dispose()
+    update_progress_artifact(progress_id, 100.0)
+    get_run_logger().info(
+        "sent %s, settled without a call %s, resent %s, refused %s",
+        report.sent,
+        report.reconciled,
+        report.resent,
+        report.failed,
+    )
+    return report
+
+
+@task(name="report tag sync", **STEP)
+def report_tag_sync(
+    database: SiyuDatabase, record: ExportRecord, summary: SyncSummary, finished: bool
+) -> SyncSummary:
+    """Publish the sync's report; mark the export synced once its push is drained."""
+    if finished:
+        engine = database.get_engine()
+        try:
+            mark_synced(engine, record.id, summary.as_dict())
+        finally:
+            engine.dispose()
+    create_markdown_artifact(
+        sync_markdown(summary),
+        key="tag-sync-report",
+        description=f"Tag sync of {summary.export_file}",
+    )
+    return summary

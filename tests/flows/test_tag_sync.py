@@ -1,0 +1,217 @@
+"""The tag sync end to end: a real Prefect server, the sandbox over HTTP, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import pandas as pd
+import sqlalchemy as sa
+from prefect.client.orchestration import get_client
+from sqlalchemy.orm import Session
+
+from siyu.flows.contacts_sync import contacts_sync
+from siyu.flows.tag_sync import TagSyncParameters, tag_sync
+from siyu.sandbox.export_files import write_export
+from siyu.schemas.models import Export, OutboxEntry, QuarantinedRow
+from tests.flows.conftest import DAY
+
+MANAGED_GROUPS = {"资产等级", "历史资产", "客户类别", "代发工资", "持有产品"}
+PRODUCTS = {
+    "holds_wealth": "理财",
+    "holds_fund": "基金",
+    "holds_insurance": "保险",
+    "holds_loan": "贷款",
+    "holds_credit_card": "信用卡",
+}
+
+
+def expected_tags(row) -> set[str]:
+    """The issue's rules, written out plainly per row: an oracle independent of siyu's code."""
+    aum, peak = float(row.aum), float(row.aum_peak)
+    tier = (
+        "资产5万以下"
+        if aum < 50_000
+        else "资产5万-20万"
+        if aum < 200_000
+        else "资产20万-100万"
+        if aum < 1_000_000
+        else "资产100万以上"
+    )
+    tags = {tier, {"直营": "直营客户", "代工": "代工客户"}[row.customer_class]}
+    if peak >= 100_000:
+        tags.add("历史资产10万以上")
+    if row.payroll in ("是", "Y", "1"):
+        tags.add("代发工资客户")
+    tags |= {name for field, name in PRODUCTS.items() if getattr(row, field) in ("是", "Y", "1")}
+    return tags
+
+
+def run_tag_sync(**params):
+    return tag_sync(
+        params=TagSyncParameters(business_date=DAY.strftime("%Y%m%d"), **params), return_state=True
+    )
+
+
+def tags_by_pair(system) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
+    """(userid, external_userid) -> (managed tag names, other tag names) as WeCom has them."""
+    with system.client() as client:
+        names = {}
+        for group in client.get_corp_tag_list():
+            for tag in group.tag:
+                names[tag.id] = (group.group_name, tag.name)
+    out = {}
+    for pair in system.sandbox.all_contact_tags():
+        tagged = [names[t] for t in pair["tag_ids"] if t in names]
+        out[(pair["userid"], pair["external_userid"])] = (
+            {t for g, t in tagged if g in MANAGED_GROUPS},
+            {t for g, t in tagged if g not in MANAGED_GROUPS},
+        )
+    return out
+
+
+def bound_pairs(system) -> dict[tuple[str, str], str]:
+    """(userid, external_userid) -> customer_id, from the seed's remark mobiles (test-side truth)."""
+    export = system.export_frame()
+    by_mobile = dict(zip(export["mobile"], export["customer_id"], strict=True))
+    out = {}
+    for f in system.follows().itertuples():
+        customers = {
+            by_mobile[m]
+            for m in (f.remark_mobiles if f.remark_mobiles is not None else [])
+            if m in by_mobile
+        }
+        if len(customers) == 1:
+            out[(f.userid, f.external_userid)] = customers.pop()
+    return out
+
+
+def test_first_sync_tags_every_bound_pair_and_a_rerun_sends_nothing(system):
+    assert contacts_sync(return_state=True).is_completed()
+    before = tags_by_pair(system)
+    state = run_tag_sync()
+    assert state.is_completed(), state.message
+
+    export = system.export_frame().set_index("customer_id")
+    pairs = bound_pairs(system)
+    assert len(pairs) > 150
+    after = tags_by_pair(system)
+    for pair, customer in pairs.items():
+        assert after[pair][0] == expected_tags(export.loc[customer]), pair
+        assert after[pair][1] == before.get(pair, (set(), set()))[1]  # people's own tags stay
+    unbound = set(after) - set(pairs)
+    assert unbound and all(not after[p][0] for p in unbound)  # non-customers get no managed tag
+    assert system.mark_tag_calls() == len(pairs)  # one call per changed pair, nothing more
+    assert state.result()["pairs_changed"] == len(pairs)
+
+    calls = system.mark_tag_calls()
+    again = run_tag_sync()
+    assert again.is_completed() and "already synced" in again.message
+    assert system.mark_tag_calls() == calls
+
+
+def test_a_changed_export_sends_only_the_difference(system):
+    contacts_sync()
+    assert run_tag_sync().is_completed()
+    calls = system.mark_tag_calls()
+    export = system.export_frame()
+    pairs = bound_pairs(system)
+    bound_customers = sorted(set(pairs.values()))
+    movers = bound_customers[:7]  # these customers now hold 2,000,000 yuan: a new tier
+    changed = export.copy()
+    rich = changed["customer_id"].isin(movers)
+    expected_changes = sum(
+        1
+        for pair, c in pairs.items()
+        if c in movers
+        and expected_tags(export.set_index("customer_id").loc[c])
+        != expected_tags(
+            changed.assign(aum=changed["aum"].where(~rich, "2000000.00"))
+            .set_index("customer_id")
+            .loc[c]
+        )
+    )
+    changed.loc[rich, "aum"] = "2000000.00"
+    changed.loc[rich, "aum_peak"] = "2000000.00"
+    path = write_export(changed, system.landing / "core_export_20261124_v2.csv")
+    state = run_tag_sync(export_file=str(path))
+    assert state.is_completed(), state.message
+    moved_pairs = sum(1 for c in pairs.values() if c in movers)
+    assert expected_changes <= system.mark_tag_calls() - calls <= moved_pairs
+    after = tags_by_pair(system)
+    for pair, c in pairs.items():
+        if c in movers:
+            assert "资产100万以上" in after[pair][0] and "历史资产10万以上" in after[pair][0]
+
+
+def test_dry_run_reports_the_difference_and_changes_nothing(system):
+    contacts_sync()
+    state = run_tag_sync(dry_run=True)
+    assert state.is_completed(), state.message
+    assert "dry run" in state.message
+    assert state.result()["pairs_changed"] == len(bound_pairs(system))
+    assert system.mark_tag_calls() == 0
+    assert system.sandbox.stats()["calls"].get("externalcontact/add_corp_tag", 0) == 0
+    with Session(system.engine()) as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboxEntry)) == 0
+
+
+def test_unreachable_contact_is_recorded_and_reported_not_retried(system):
+    contacts_sync()
+    pair = sorted(bound_pairs(system))[0]
+    system.sandbox.delete_follow(*pair)  # the customer deletes the manager after contacts-sync
+    state = run_tag_sync()
+    assert state.is_completed(), state.message
+    assert "warnings" in state.message
+    assert state.result()["row_errors"] == {"84061": 1}
+    requests = [
+        r
+        for r in system.sandbox.requests(api="externalcontact/mark_tag")
+        if r["params"].get("external_userid") == pair[1] and r["params"].get("userid") == pair[0]
+    ]
+    assert len(requests) == 1
+
+
+def test_quarantined_rows_are_kept_out_and_stored_without_personal_data(system):
+    contacts_sync()
+    export = system.export_frame()
+    export.loc[:1, "mobile"] = "12345"  # 2 of 400 rows: 0.5 %, under the 1 % bar
+    write_export(export, system.export_path)
+    state = run_tag_sync()
+    assert state.is_completed(), state.message
+    with Session(system.engine()) as session:
+        rows = session.scalars(sa.select(QuarantinedRow)).all()
+        assert {r.reasons for r in rows} == {"mobile_format"}
+        assert session.scalars(sa.select(Export)).one().rows_quarantined == 2
+
+
+async def _artifacts_and_logs(flow_run_id):
+    async with get_client() as client:
+        from prefect.client.schemas.filters import (
+            ArtifactFilter,
+            ArtifactFilterFlowRunId,
+            LogFilter,
+            LogFilterFlowRunId,
+        )
+
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        return artifacts, logs
+
+
+def test_the_run_reports_counts_in_artifacts_without_personal_data(system):
+    import asyncio
+
+    contacts_sync()
+    state = run_tag_sync()
+    artifacts, logs = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
+    keys = {a.key for a in artifacts}
+    assert {"export-quality-gate", "tag-sync-report"} <= keys
+    report = next(a for a in artifacts if a.key == "tag-sync-report").data
+    assert "资产5万以下" in report and "mark_tag calls" in report
+    export = system.export_frame()
+    text = "\n".join([str(a.data) for a in artifacts] + [log.message for log in logs])
+    leaked = [v for v in pd.concat([export["mobile"], export["name"]]) if v in text]
+    assert leaked == []
+    assert not any(c in text for c in export["customer_id"])  # ids only masked where people read
