@@ -1,4 +1,4 @@
-"""One tag-sync computation (load, gate, hash, bind, rules, diff) on one export, in its own process.
+"""One tag-sync computation (load, gate, match, rules, diff) on one export, in its own process.
 
 Prints one JSON line: seconds per stage, the raw pyarrow read of the same file, peak memory.
 Run by benchmarks/run.py; by hand: python -m benchmarks.tag_sync_compute EXPORT SEED_DIR.
@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 from siyu.schemas.export import DEFAULT_BRANCHES, ExportLayout
 from siyu.schemas.tag_rules import DEFAULT_RULES
 from siyu.tasks.export import load_export
-from siyu.tasks.matching import bind_contacts, hash_mobiles
+from siyu.tasks.matching import hash_mobiles
 from siyu.tasks.quality import run_gate
-from siyu.tasks.tagging import desired_tag_bits, diff_tags
+from siyu.tasks.tagging import desired_for_contacts, diff_tags
 
 SALT = b"bench-salt"
 
@@ -41,7 +41,9 @@ def raw_read_seconds(path: Path) -> float:
 
 def contact_mobiles(seed_dir: Path) -> pd.DataFrame:
     """What contacts-sync stores: (userid, external_userid, mobile_hash). Setup, not timed."""
-    follows = pq.read_table(seed_dir / "follows.parquet", columns=["userid", "external_userid", "remark_mobiles"]).to_pandas()
+    follows = pq.read_table(
+        seed_dir / "follows.parquet", columns=["userid", "external_userid", "remark_mobiles"]
+    ).to_pandas()
     follows = follows.explode("remark_mobiles").dropna(subset=["remark_mobiles"])
     follows["mobile_hash"] = hash_mobiles(follows["remark_mobiles"].tolist(), SALT)
     return follows[["userid", "external_userid", "mobile_hash"]].reset_index(drop=True)
@@ -50,31 +52,35 @@ def contact_mobiles(seed_dir: Path) -> pd.DataFrame:
 def compute(path: Path, seed_dir: Path) -> dict:
     """Time each stage of the sync's computation on one export."""
     mobiles = contact_mobiles(seed_dir)
-    synced = pd.DataFrame({"userid": [], "external_userid": [], "bits": np.array([], dtype=np.uint64)})
+    synced = pd.DataFrame(
+        {"userid": [], "external_userid": [], "bits": np.array([], dtype=np.uint64)}
+    )
     export_date = datetime.strptime(path.stem.rsplit("_", 1)[-1], "%Y%m%d").date()
     raw_read = min(raw_read_seconds(path) for _ in range(2))
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    loaded = load_export(path, ExportLayout(format="parquet" if path.suffix == ".parquet" else "csv"))
+    loaded = load_export(
+        path, ExportLayout(format="parquet" if path.suffix == ".parquet" else "csv")
+    )
     stages["load"] = time.perf_counter() - t0
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as docs:
-        gate = run_gate(loaded, expected_date=export_date, previous_row_count=loaded.row_count, branches=DEFAULT_BRANCHES, docs_dir=Path(docs))
+        gate = run_gate(
+            loaded,
+            expected_date=export_date,
+            previous_row_count=loaded.row_count,
+            branches=DEFAULT_BRANCHES,
+            docs_dir=Path(docs),
+        )
     stages["gate"] = time.perf_counter() - t
     assert gate.passed, gate.message
     accepted = gate.accepted
     t = time.perf_counter()
-    hashes = hash_mobiles(accepted["mobile"].tolist(), SALT)
-    stages["hash"] = time.perf_counter() - t
+    pairs, _ = desired_for_contacts(accepted, mobiles, DEFAULT_RULES, SALT)
+    stages["match+rules"] = time.perf_counter() - t
     t = time.perf_counter()
-    desired = desired_tag_bits(accepted, DEFAULT_RULES)
-    stages["rules"] = time.perf_counter() - t
-    t = time.perf_counter()
-    customers = pd.DataFrame({"customer_id": accepted["customer_id"].to_numpy(), "mobile_hash": hashes, "desired": desired})
-    binding = bind_contacts(customers, mobiles)
-    pairs = binding.pairs.merge(customers[["customer_id", "desired"]], on="customer_id")
     diff = diff_tags(pairs, synced, len(DEFAULT_RULES.managed_tags()))
-    stages["bind+diff"] = time.perf_counter() - t
+    stages["diff"] = time.perf_counter() - t
     total = time.perf_counter() - t0
     return {
         "rows": loaded.row_count,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -22,6 +22,29 @@ def hash_mobiles(mobiles: Iterable[str | None], salt: bytes) -> list[str | None]
         h.update(mobile.encode())
         append(h.hexdigest())
     return out
+
+
+def match_mobiles(
+    mobiles: Iterable[str | None], salt: bytes, wanted: Collection[str]
+) -> tuple[list[int], list[str]]:
+    """Positions (and hashes) of the mobiles whose salted hash is in `wanted`.
+
+    Hashing and probing in one pass: of a million customers only the few bound to a contact
+    leave this loop, so nothing downstream touches every row.
+    """
+    base = hashlib.sha256(salt)
+    positions: list[int] = []
+    hashes: list[str] = []
+    for i, mobile in enumerate(mobiles):
+        if mobile is None or mobile != mobile:  # None or NaN
+            continue
+        h = base.copy()
+        h.update(mobile.encode())
+        digest = h.hexdigest()
+        if digest in wanted:
+            positions.append(i)
+            hashes.append(digest)
+    return positions, hashes
 
 
 @dataclass

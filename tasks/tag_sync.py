@@ -32,7 +32,6 @@ from siyu.tasks.export_registry import (
     record_verdict,
     register_export,
 )
-from siyu.tasks.matching import bind_contacts, hash_mobiles
 from siyu.tasks.outbox import DrainReport, enqueue, supersede
 from siyu.tasks.quality import GateResult, run_gate
 from siyu.tasks.reports import SyncSummary, gate_markdown, sync_markdown
@@ -44,7 +43,7 @@ from siyu.tasks.tag_push import (
     reachable_contact_mobiles,
     synced_bits,
 )
-from siyu.tasks.tagging import desired_tag_bits, diff_tags
+from siyu.tasks.tagging import desired_for_contacts, diff_tags
 
 # Customer frames pass between these tasks in memory only: never persisted, never hashed for a
 # cache key (Prefect would otherwise write customers' data to its result storage).
@@ -180,16 +179,9 @@ def plan_tag_changes(
     client = wecom.get_client()
     try:
         catalog = ensure_catalog(client, engine, rules, create=not summary.dry_run)
-        customers = pd.DataFrame(
-            {
-                "customer_id": accepted["customer_id"].to_numpy(),
-                "mobile_hash": hash_mobiles(accepted["mobile"].tolist(), source.salt()),
-                "desired": desired_tag_bits(accepted, rules),
-            }
+        pairs, binding = desired_for_contacts(
+            accepted, reachable_contact_mobiles(engine), rules, source.salt()
         )
-        contact_mobiles = reachable_contact_mobiles(engine)
-        binding = bind_contacts(customers, contact_mobiles)
-        pairs = binding.pairs.merge(customers[["customer_id", "desired"]], on="customer_id")
         diff = diff_tags(pairs, synced_bits(engine, catalog), len(catalog.tags))
         summary.pairs_managed = len(pairs)
         summary.pairs_unbound = binding.unmatched_pairs

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from siyu.schemas.tag_rules import FlagRule, RangeRule, TagRuleSet, ValueRule
+from siyu.tasks.matching import Binding, bind_contacts, match_mobiles
 
 ONE = np.uint64(1)
 
@@ -26,6 +27,31 @@ def desired_tag_bits(frame: pd.DataFrame, rules: TagRuleSet) -> np.ndarray:
             bits |= np.where(mask, ONE << np.uint64(position), np.uint64(0))
             position += 1
     return bits
+
+
+def desired_for_contacts(
+    accepted: pd.DataFrame, contact_mobiles: pd.DataFrame, rules: TagRuleSet, salt: bytes
+) -> tuple[pd.DataFrame, Binding]:
+    """The managed tags every bound (employee, contact) pair should carry.
+
+    `accepted`: the export's accepted rows (customer_id, mobile and the rule columns).
+    `contact_mobiles`: userid, external_userid, mobile_hash of reachable contacts.
+    Returns pairs (userid, external_userid, customer_id, desired) and the binding's counts.
+    """
+    positions, hashes = match_mobiles(
+        accepted["mobile"].tolist(), salt, set(contact_mobiles["mobile_hash"])
+    )
+    matched = accepted.iloc[positions]
+    customers = pd.DataFrame(
+        {
+            "customer_id": matched["customer_id"].to_numpy(),
+            "mobile_hash": hashes,
+            "desired": desired_tag_bits(matched, rules),
+        }
+    )
+    binding = bind_contacts(customers, contact_mobiles)
+    pairs = binding.pairs.merge(customers[["customer_id", "desired"]], on="customer_id")
+    return pairs, binding
 
 
 def _tag_mask(frame: pd.DataFrame, rule, tag) -> np.ndarray:
