@@ -215,3 +215,41 @@ def test_the_run_reports_counts_in_artifacts_without_personal_data(system):
     leaked = [v for v in pd.concat([export["mobile"], export["name"]]) if v in text]
     assert leaked == []
     assert not any(c in text for c in export["customer_id"])  # ids only masked where people read
+
+
+def _written_files(root):
+    return [p for p in root.rglob("*") if p.is_file() and "landing" not in p.parts]
+
+
+def test_no_mobile_or_name_anywhere_siyu_or_prefect_writes(system, caplog, capfd):
+    """Logs, artifacts, Data Docs, siyu's and Prefect's databases: ids and hashes, never a mobile or name."""
+    import re
+    from pathlib import Path
+
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME
+
+    contacts_sync()
+    export = system.export_frame()
+    export.loc[:3, "mobile"] = "1380013800x"  # quarantined rows must not leak either
+    write_export(export, system.export_path)
+    assert run_tag_sync().is_completed()
+    bad = export.copy()
+    bad.loc[: len(bad) // 10, "aum"] = "-5"  # and a blocked run, with its Data Docs of failures
+    blocked = write_export(bad, system.landing / "core_export_blocked.csv")
+    assert run_tag_sync(export_file=str(blocked)).is_failed()
+
+    mobiles, names = set(export["mobile"]) | set(bad["mobile"]), set(export["name"])
+    prefect_db = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[1])
+    files = _written_files(system.home) + _written_files(Path(PREFECT_HOME.value()))
+    assert prefect_db.is_file()
+    files += [p for p in prefect_db.parent.glob(prefect_db.name + "*")]
+    if system.database_url.startswith("sqlite"):
+        files.append(Path(system.database_url.split("///", 1)[1]))
+    assert any(p.suffix == ".html" for p in files), "Data Docs should be kept beside the run"
+    out, err = capfd.readouterr()
+    texts = {str(p): p.read_bytes().decode("utf-8", "ignore") for p in files}
+    texts["captured logs"] = caplog.text + out + err
+    for where, text in texts.items():
+        found = [m for m in re.findall(r"1[3-9]\d{9}", text) if m in mobiles]
+        assert not found, f"a mobile in {where}"
+        assert not [n for n in names if n in text], f"a name in {where}"
