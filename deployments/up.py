@@ -395,8 +395,11 @@ def _announce(prefect_url: str, sandbox_url: str, home: Path, browser_hint: bool
     if browser_hint:
         lines += [
             "",
-            f"Open {prefect_url} in a browser, then Deployments -> tag-sync/daily -> Run",
-            "(Quick run, or Custom run with dry_run to preview the tag changes).",
+            f"Open {prefect_url} in a browser, then Deployments:",
+            "  1. contacts-sync/hourly -> Run: pulls the managers' WeCom contacts (runs hourly too)",
+            "  2. tag-sync/daily -> Run: gates today's export and pushes the tag difference",
+            "     (Custom run with dry_run to preview the changes first).",
+            "Each run's Artifacts tab holds its report.",
         ]
     lines += ["", "Ctrl-C stops everything.", ""]
     print("\n".join(lines), flush=True)

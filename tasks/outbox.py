@@ -153,28 +153,13 @@ def drain(
     the drain with the entry left `sending`, to be reconciled by the next drain.
     """
     report = DrainReport()
-    with Session(engine) as session:
-        unknown = list(
-            session.scalars(
-                sa.select(OutboxEntry.id)
-                .where(OutboxEntry.batch == batch, OutboxEntry.status == SENDING)
-                .order_by(OutboxEntry.id)
-            )
-        )
     retry_ids: set[int] = set()
-    for entry_id in unknown:
+    for entry_id in _entry_ids(engine, batch, SENDING):
         if _settle_unknown(engine, entry_id, reconcile, on_done):
             report.reconciled += 1
         else:
             retry_ids.add(entry_id)
-    with Session(engine) as session:
-        queue = deque(
-            session.scalars(
-                sa.select(OutboxEntry.id)
-                .where(OutboxEntry.batch == batch, OutboxEntry.status == PENDING)
-                .order_by(OutboxEntry.id)
-            )
-        )
+    queue = deque(_entry_ids(engine, batch, PENDING))
     total = len(queue)
     settled = 0
     while queue:
@@ -208,6 +193,17 @@ def drain(
         if progress is not None:
             progress(settled, total)
     return report
+
+
+def _entry_ids(engine: sa.Engine, batch: str, status: str) -> list[int]:
+    with Session(engine) as session:
+        return list(
+            session.scalars(
+                sa.select(OutboxEntry.id)
+                .where(OutboxEntry.batch == batch, OutboxEntry.status == status)
+                .order_by(OutboxEntry.id)
+            )
+        )
 
 
 def _settle_unknown(
