@@ -20,9 +20,9 @@ CHECK_META_KEY = "siyu_check"
 # results, stored JSON and Data Docs.
 RESULT_FORMAT: dict[str, object] = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
 
-# The columns GX sees, nothing more (GX fingerprints every column it is handed). Two are
-# stand-ins that keep the property and drop the personal value:
-#   customer_id   the id's dictionary code (float, NaN when empty): equal ids <=> equal codes
+# The columns GX sees, nothing more (GX fingerprints every column it is handed), repeating
+# ones as categoricals. Two are stand-ins that keep the property and drop the personal value:
+#   customer_id   the id's code as a categorical (missing when empty): equal ids <=> equal codes
 #   mobile        the mobile's shape: its first two characters, then "000000000" when the rest
 #                 is exactly nine ASCII digits, else "?"; it matches MOBILE_PATTERN exactly
 #                 when the mobile does, and no mobile ever reaches GX

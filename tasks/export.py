@@ -6,9 +6,11 @@ import codecs
 import csv
 import hashlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +41,15 @@ _DECIMAL_PATTERN = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _FLAG_TRUE = pa.array(sorted(FLAG_TRUE))
 _FLAG_FALSE = pa.array(sorted(FLAG_FALSE))
 _CHUNK = 1 << 16
+# Encodings whose multibyte characters never contain a CSV quote, CR, LF or low delimiter.
+_BYTE_SPLIT_ENCODINGS = frozenset({"gbk", "gb2312", "gb18030"})
+_BYTE_DICTIONARY = pa.dictionary(pa.int32(), pa.binary())
+# What the CSV reader can parse itself, in its threads, when every value is written cleanly.
+_TYPED_KINDS: dict[str, pa.DataType] = {
+    "decimal": pa.float64(),
+    "flag": pa.bool_(),
+    "date": pa.timestamp("s"),
+}
 # Low-cardinality columns are read dictionary-encoded: each distinct text is then parsed once.
 _REPEATING_KINDS = frozenset({"branch", "class", "flag", "date"})
 _CSV_TYPES: dict[str, pa.DataType] = {
@@ -101,11 +112,14 @@ def load_export(path: Path, layout: ExportLayout = ExportLayout()) -> LoadedExpo
     BOM) when the headers do not match. Parquet uses the English field names.
     """
     path = Path(path)
-    checksum = file_checksum(path)
-    if layout.format == "parquet" or path.suffix.lower() == ".parquet":
-        table, problems = _read_parquet(path)
-    else:
-        table, problems = _read_csv(path, layout)
+    # hashlib lets go of the GIL while hashing: the checksum runs beside the read for free.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-checksum") as pool:
+        digest = pool.submit(file_checksum, path)
+        if layout.format == "parquet" or path.suffix.lower() == ".parquet":
+            table, problems = _read_parquet(path)
+        else:
+            table, problems = _read_csv(path, layout)
+        checksum = digest.result()
     if table is None:
         return LoadedExport(path, checksum, _empty_frame(), 0, problems)
     frame = _typed_frame(table)
@@ -136,27 +150,15 @@ def _read_csv(path: Path, layout: ExportLayout) -> tuple[pa.Table | None, list[L
     for i, header in enumerate(headers):
         name = to_field.get(header, f"_unused_{i}")
         names.append(name if name not in names else f"_unused_{i}")
-    source: str | pa.NativeFile = str(path)
+    source: str | pa.Buffer = str(path)
     cut_at = _truncation_point(path, encoding, len(headers), layout.delimiter)
     if cut_at is not None:
-        source = pa.BufferReader(pa.memory_map(str(path)).read_buffer(cut_at))
-    # pyarrow skips a UTF-8 BOM itself and reads UTF-8 natively (much faster than transcoding).
-    arrow_encoding = "utf8" if codecs.lookup(encoding).name.startswith("utf-8") else encoding
+        source = pa.memory_map(str(path)).read_buffer(cut_at)
     try:
-        table = pcsv.read_csv(
-            source,
-            read_options=pcsv.ReadOptions(
-                encoding=arrow_encoding, column_names=names, skip_rows=1, block_size=1 << 24
-            ),
-            parse_options=pcsv.ParseOptions(delimiter=layout.delimiter),
-            convert_options=pcsv.ConvertOptions(
-                column_types=_CSV_TYPES,
-                include_columns=list(LOADED_FIELDS),
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=True,
-                null_values=[""],
-            ),
-        )
+        if _splits_on_bytes(encoding, layout.delimiter):
+            table = _read_gbk_family(source, names, layout.delimiter, encoding)
+        else:
+            table = _read_text(source, names, layout.delimiter, encoding)
     except (UnicodeDecodeError, UnicodeError):
         return None, [LoadProblem("encoding", f"the file's rows are not valid {encoding} text")]
     except (pa.ArrowInvalid, ValueError):
@@ -176,6 +178,172 @@ def _read_csv(path: Path, layout: ExportLayout) -> tuple[pa.Table | None, list[L
             )
         )
     return table, problems
+
+
+def _read_text(
+    source: str | pa.Buffer, names: list[str], delimiter: str, encoding: str
+) -> pa.Table:
+    """Read the loaded columns, letting pyarrow decode the text (natively for UTF-8)."""
+    # pyarrow skips a UTF-8 BOM itself and reads UTF-8 natively (much faster than transcoding).
+    arrow_encoding = "utf8" if codecs.lookup(encoding).name.startswith("utf-8") else encoding
+    return pcsv.read_csv(
+        _readable(source),
+        read_options=pcsv.ReadOptions(
+            encoding=arrow_encoding, column_names=names, skip_rows=1, block_size=1 << 24
+        ),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter),
+        convert_options=pcsv.ConvertOptions(
+            column_types=_CSV_TYPES,
+            include_columns=list(LOADED_FIELDS),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            null_values=[""],
+        ),
+    )
+
+
+def _splits_on_bytes(encoding: str, delimiter: str) -> bool:
+    """True when the CSV structure can be parsed on the raw bytes, before decoding.
+
+    In the GBK family every byte below 0x80 is ASCII, and the bytes inside a two- or
+    four-byte character are 0x30-0x39 or 0x40 and above: never a quote, CR, LF or a
+    delimiter such as "," or tab. A delimiter like "|" (0x7C) can sit inside a character.
+    """
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        return False
+    code = ord(delimiter)
+    return (
+        name in _BYTE_SPLIT_ENCODINGS and code < 0x40 and not 0x30 <= code <= 0x39 and code != 0x22
+    )
+
+
+def _read_gbk_family(
+    source: str | pa.Buffer, names: list[str], delimiter: str, encoding: str
+) -> pa.Table:
+    """Split and convert the file on raw bytes, on all cores; decode only what is not ASCII.
+
+    pyarrow's own transcoding decodes the whole file on one thread before parsing. Here the
+    CSV reader splits the bytes and, in its worker threads, parses amounts, flags and dates
+    straight into their types; the ASCII columns (ids, mobiles) are checked with one byte
+    scan and used as they are, the class decodes its few distinct values, and the unused
+    columns (the name) are decoded in one piece only to prove the file is valid text.
+    Raises UnicodeDecodeError where any field is not valid `encoding`, as transcoding would.
+    """
+    try:
+        raw = _read_bytes(source, names, delimiter, encoding, typed=True)
+    except pa.ArrowInvalid:
+        # Some amount, flag or date is not written cleanly (or a row is malformed): read those
+        # columns as text and let _typed_frame find and flag the values that do not parse.
+        raw = _read_bytes(source, names, delimiter, encoding, typed=False)
+    kinds = {c.field: c.kind for c in LOADED_COLUMNS}
+    columns: dict[str, pa.ChunkedArray] = {}
+    for name in raw.column_names:
+        values = raw.column(name)
+        kind = kinds.get(name)
+        if not pa.types.is_binary(values.type) and not pa.types.is_dictionary(values.type):
+            columns[name] = values  # parsed by the reader
+        elif kind in _REPEATING_KINDS:
+            columns[name] = _decode_dictionaries(values, encoding)
+        elif _is_ascii(values):
+            if kind is not None:
+                columns[name] = pa.chunked_array(
+                    [c.view(pa.string()) for c in values.chunks], type=pa.string()
+                )
+        elif kind is None:
+            _prove_decodes(values, encoding)
+        else:  # a rare file with non-ASCII ids, mobiles or amounts: decode value by value
+            columns[name] = pa.chunked_array(
+                [[None if v is None else v.decode(encoding) for v in values.to_pylist()]],
+                type=pa.string(),
+            )
+    return pa.table({f: columns[f] for f in LOADED_FIELDS})
+
+
+def _read_bytes(
+    source: str | pa.Buffer, names: list[str], delimiter: str, encoding: str, *, typed: bool
+) -> pa.Table:
+    """Every column as bytes (repeating ones dictionary-encoded), or typed where `typed`.
+
+    The reader runs as "utf8" but only ever sees binary columns, so it never validates or
+    decodes text. Typed, it parses amounts, flags (the words in `encoding`) and dates
+    itself and raises ArrowInvalid at the first value that does not parse.
+    """
+    kinds = {c.field: c.kind for c in LOADED_COLUMNS}
+    types: dict[str, pa.DataType] = {}
+    for name in names:
+        kind = kinds.get(name)
+        if typed and kind in _TYPED_KINDS:
+            types[name] = _TYPED_KINDS[kind]
+        elif kind in _REPEATING_KINDS:
+            types[name] = _BYTE_DICTIONARY
+        else:
+            types[name] = pa.binary()
+    return pcsv.read_csv(
+        _readable(source),
+        read_options=pcsv.ReadOptions(
+            encoding="utf8", column_names=names, skip_rows=1, block_size=1 << 22
+        ),
+        parse_options=pcsv.ParseOptions(delimiter=delimiter),
+        convert_options=pcsv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=True,
+            null_values=[""],
+            true_values=[w.encode(encoding) for w in sorted(FLAG_TRUE)],
+            false_values=[w.encode(encoding) for w in sorted(FLAG_FALSE)],
+            timestamp_parsers=list(DATE_FORMATS),
+        ),
+    )
+
+
+def _readable(source: str | pa.Buffer) -> str | pa.NativeFile:
+    """A path as it is; a buffer (a truncated file's complete lines) as a fresh reader."""
+    return source if isinstance(source, str) else pa.BufferReader(source)
+
+
+def _is_ascii(values: pa.ChunkedArray) -> bool:
+    """True when no value holds a byte of 0x80 or above: one scan of the data buffers."""
+    for chunk in values.chunks:
+        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32)
+        offsets = offsets[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = chunk.buffers()[2]
+        if data is None or len(offsets) < 2 or offsets[-1] == offsets[0]:
+            continue
+        used = np.frombuffer(data, dtype=np.uint8)[offsets[0] : offsets[-1]]
+        if used.max() >= 0x80:
+            return False
+    return True
+
+
+def _prove_decodes(values: pa.ChunkedArray, encoding: str) -> None:
+    """Decode a column we do not keep, once per chunk; raises UnicodeDecodeError if invalid.
+
+    The values are joined with newlines, which no multibyte character may contain, so a
+    value ending inside a character fails exactly as it does in the file.
+    """
+    separator = pa.scalar(b"\n", pa.binary())
+    for chunk in values.chunks:
+        whole = pa.ListArray.from_arrays(
+            pa.array([0, len(chunk)], pa.int32()), pc.fill_null(chunk, b"")
+        )
+        joined = pc.binary_join(whole, separator)[0].as_buffer()
+        if joined is not None:
+            codecs.decode(memoryview(joined), encoding)
+
+
+def _decode_dictionaries(values: pa.ChunkedArray, encoding: str) -> pa.ChunkedArray:
+    """A dictionary-encoded byte column with each chunk's few distinct values decoded."""
+    decoded = []
+    for chunk in values.chunks:
+        dictionary = chunk.dictionary
+        if _is_ascii(pa.chunked_array([dictionary], type=pa.binary())):
+            words = dictionary.view(pa.string())  # dates, branch codes, Y/N: nothing to decode
+        else:
+            words = pa.array([w.decode(encoding) for w in dictionary.to_pylist()], pa.string())
+        decoded.append(pa.DictionaryArray.from_arrays(chunk.indices, words))
+    return pa.chunked_array(decoded, type=_CSV_TYPES["branch_code"])
 
 
 def _match_header(

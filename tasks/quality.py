@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from siyu.schemas.export import MOBILE_PATTERN
+from siyu.schemas.export import CUSTOMER_CLASSES, MOBILE_PATTERN
 from siyu.schemas.export_suite import (
     CHECK_META_KEY,
     CHECKS_BY_NAME,
@@ -222,7 +222,10 @@ def _unreadable(export: LoadedExport, problems: dict[str, str], label: str) -> G
 
 
 def _masks(frame: pd.DataFrame, expected_date: date, branches: Sequence[str]) -> dict[str, Any]:
-    """Per-row failure masks (numpy bool), the same predicates as the suite, plus GX inputs."""
+    """Per-row failure masks (numpy bool), the same predicates as the suite, plus GX inputs.
+
+    Repeating columns are judged once per distinct value and the verdict spread to the rows.
+    """
     ids = _arrow_text(frame["customer_id"])
     codes = _id_codes(ids)
     has_id = codes >= 0
@@ -238,8 +241,10 @@ def _masks(frame: pd.DataFrame, expected_date: date, branches: Sequence[str]) ->
         if column in frame.columns:
             unparsable |= frame[column].to_numpy(dtype=bool, na_value=False)
 
-    mobiles = _arrow_text(frame["mobile"])
-    mobile_ok = pc.fill_null(pc.match_substring_regex(mobiles, MOBILE_PATTERN), False)
+    shape_codes, shapes = _mobile_shapes(_arrow_text(frame["mobile"]))
+    shape_ok = pc.fill_null(pc.match_substring_regex(shapes, MOBILE_PATTERN), False)
+    branch_codes, branch_words = _distinct(frame["branch_code"])
+    class_codes, class_words = _distinct(frame["customer_class"])
     with np.errstate(invalid="ignore"):
         aum_negative = frame["aum"].to_numpy(dtype="float64", na_value=np.nan) < 0
         peak_negative = frame["aum_peak"].to_numpy(dtype="float64", na_value=np.nan) < 0
@@ -248,56 +253,109 @@ def _masks(frame: pd.DataFrame, expected_date: date, branches: Sequence[str]) ->
         "customer_id_unique": duplicated,
         "export_date_expected": ~on_date,
         "types_parse": unparsable,
-        "mobile_format": ~_to_numpy_bool(mobile_ok),
+        "mobile_format": ~_spread(shape_ok, shape_codes),
         "aum_non_negative": aum_negative,
         "aum_peak_non_negative": peak_negative,
-        "branch_known": ~frame["branch_code"].isin(list(branches)).to_numpy(dtype=bool),
-        "class_known": ~frame["customer_class"].isin(["直营", "代工"]).to_numpy(dtype=bool),
+        "branch_known": ~_spread(_is_in(branch_words, branches), branch_codes),
+        "class_known": ~_spread(_is_in(class_words, list(CUSTOMER_CLASSES)), class_codes),
         "_id_codes": codes,
-        "_mobiles": mobiles,
+        "_mobile_shapes": pc.take(shapes, pa.array(shape_codes, mask=shape_codes < 0)),
+        "_branch_codes": (branch_codes, branch_words),
+        "_class_codes": (class_codes, class_words),
     }
 
 
 def _id_codes(ids: pa.Array) -> np.ndarray:
     """A code per row, equal exactly where the ids are equal; -1 where the id is empty.
 
-    Ids are nearly always unique, which one sort proves; then the row number serves
-    as the code. Only a file with duplicates pays for the full encoding.
+    A core-banking dump is usually in customer-id order, and strictly increasing ids are
+    unique: one comparison of neighbours proves it, and the row number serves as the code.
+    Any other file pays for one hash encoding of its ids (cheaper than sorting them).
     """
-    nulls = ids.null_count
-    ordered = pc.take(ids, pc.sort_indices(ids))  # nulls sort last and never compare equal
-    if len(ids) < 2 or not pc.any(pc.equal(ordered[1:], ordered[:-1])).as_py():
+    present = ids.drop_null()
+    if len(present) < 2 or pc.all(pc.greater(present[1:], present[:-1])).as_py():
         codes = np.arange(len(ids), dtype=np.int64)
-        if nulls:
+        if ids.null_count:
             codes[ids.is_null().to_numpy(zero_copy_only=False)] = -1
         return codes
     encoded = pc.dictionary_encode(ids).indices
     return encoded.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
 
 
+def _distinct(series: pd.Series) -> tuple[np.ndarray, pa.Array]:
+    """A repeating text column as (code per row, -1 where missing; its distinct values)."""
+    encoded = pc.dictionary_encode(_arrow_text(series))
+    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+    return codes.astype(np.int32, copy=False), encoded.dictionary
+
+
+def _is_in(words: pa.Array, allowed: Sequence[str]) -> pa.Array:
+    return pc.is_in(words, value_set=pa.array(list(allowed), pa.string()))
+
+
+def _spread(verdicts: pa.Array, codes: np.ndarray) -> np.ndarray:
+    """Each row's distinct value's verdict; False where the row has no value (code -1)."""
+    # The appended False sits at index -1, exactly where missing rows point.
+    per_value = np.append(_to_numpy_bool(verdicts), False)
+    return per_value[codes]
+
+
+def _mobile_shapes(mobiles: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Each mobile's shape (see the suite) as (code per row, -1 where missing; the shapes).
+
+    A mobile of eleven ASCII digits has the shape of its first two digits: those are read
+    straight from the bytes. Only the rare other mobiles are sliced as text.
+    """
+    n = len(mobiles)
+    elevens = pc.and_(pc.equal(pc.binary_length(mobiles), 11), pc.ascii_is_decimal(mobiles))
+    eleven = _to_numpy_bool(pc.fill_null(elevens, False))
+    codes = np.full(n, -1, dtype=np.int32)
+    shapes = [f"{i:02d}{MOBILE_SHAPE_DIGITS}" for i in range(100)]
+    rows = np.flatnonzero(eleven)
+    if len(rows):
+        offsets = np.frombuffer(mobiles.buffers()[1], dtype=np.int32)[mobiles.offset :]
+        data = np.frombuffer(mobiles.buffers()[2], dtype=np.uint8)
+        starts = offsets[rows]
+        codes[rows] = (data[starts].astype(np.int32) - 48) * 10 + data[starts + 1] - 48
+    others = np.flatnonzero(~eleven)
+    if len(others):
+        rest = mobiles.take(pa.array(others))
+        tail = pc.utf8_slice_codeunits(rest, 2)
+        tail_is_digits = pc.and_(
+            pc.equal(pc.utf8_length(tail), len(MOBILE_SHAPE_DIGITS)), pc.ascii_is_decimal(tail)
+        )
+        shape = pc.binary_join_element_wise(
+            pc.utf8_slice_codeunits(rest, 0, 2),
+            pc.if_else(tail_is_digits, MOBILE_SHAPE_DIGITS, MOBILE_SHAPE_BAD),
+            "",
+        )
+        encoded = pc.dictionary_encode(shape)
+        local = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
+        codes[others] = np.where(local < 0, -1, local + len(shapes))
+        shapes.extend(encoded.dictionary.to_pylist())
+    return codes, pa.array(shapes, pa.string())
+
+
 def _validation_frame(frame: pd.DataFrame, masks: dict[str, Any]) -> pd.DataFrame:
-    """Only the columns the suite checks, in forms that are cheap to fingerprint (see suite)."""
-    codes = masks["_id_codes"].astype("float64")
-    codes[codes < 0] = np.nan
-    mobiles = masks["_mobiles"]
-    rest = pc.utf8_slice_codeunits(mobiles, 2)
-    rest_is_digits = pc.and_(
-        pc.equal(pc.utf8_length(rest), len(MOBILE_SHAPE_DIGITS)), pc.ascii_is_decimal(rest)
-    )
-    shape = pc.binary_join_element_wise(
-        pc.utf8_slice_codeunits(mobiles, 0, 2),
-        pc.if_else(rest_is_digits, MOBILE_SHAPE_DIGITS, MOBILE_SHAPE_BAD),
-        "",
+    """Only the columns the suite checks, in forms that are cheap to fingerprint (see suite).
+
+    Repeating columns go to GX as categoricals: it hashes, filters and tests set membership
+    on their small integer codes. The mobile shape stays text: GX turns a categorical into
+    text before matching a pattern.
+    """
+    codes = masks["_id_codes"]
+    ids = pd.Categorical.from_codes(
+        codes, categories=pd.RangeIndex(int(codes.max(initial=-1)) + 1), validate=False
     )
     day_codes, days = pd.factorize(frame["export_date"], use_na_sentinel=True)
     day_labels = [d.strftime("%Y-%m-%d") for d in pd.DatetimeIndex(days)] + [""]
     day_codes = np.where(day_codes < 0, len(day_labels) - 1, day_codes)
     return pd.DataFrame(
         {
-            "customer_id": codes,
-            "mobile": shape.to_pandas(),
-            "branch_code": frame["branch_code"],
-            "customer_class": frame["customer_class"],
+            "customer_id": ids,
+            "mobile": masks["_mobile_shapes"].to_pandas(),
+            "branch_code": _categorical(*masks["_branch_codes"]),
+            "customer_class": _categorical(*masks["_class_codes"]),
             "aum": frame["aum"].to_numpy(dtype="float64", na_value=np.nan),
             "aum_peak": frame["aum_peak"].to_numpy(dtype="float64", na_value=np.nan),
             "export_date": pd.Categorical.from_codes(day_codes, categories=day_labels),
@@ -305,6 +363,10 @@ def _validation_frame(frame: pd.DataFrame, masks: dict[str, Any]) -> pd.DataFram
         },
         copy=False,
     )
+
+
+def _categorical(codes: np.ndarray, words: pa.Array) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes, categories=pd.Index(words.to_pylist(), dtype=object))
 
 
 def _validate(

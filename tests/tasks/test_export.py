@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from siyu.sandbox.export_files import write_export
-from siyu.schemas.export import FLAG_FIELDS
+from siyu.schemas.export import EXPORT_COLUMNS, FLAG_FIELDS, ExportLayout
 from siyu.tasks.export import file_checksum, load_export, newest_export
 from tests.bad_exports import bad_export_corpus, good_frame
 
@@ -131,3 +131,56 @@ def test_checksum_and_newest_export(tmp_path):
     assert file_checksum(old) == file_checksum(Path(old))
     assert len(file_checksum(old)) == 64
     assert file_checksum(old) != file_checksum(new)
+
+
+def _messy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Values the fast typed read cannot take as written: each must still load the same."""
+    frame = frame.copy()
+    frame.loc[3, "payroll"] = " 是"
+    frame.loc[4, "aum"] = "abc"
+    frame.loc[5, "opened_on"] = "2019/03/05"
+    frame.loc[6, "mobile"] = "１３８００１３８０００"
+    frame.loc[7, "customer_class"] = "其他"
+    return frame
+
+
+@pytest.mark.parametrize("messy", [False, True])
+def test_gbk_read_on_bytes_equals_decoding_first(tmp_path, text_frame, messy):
+    """GBK split on raw bytes loads what a decode-then-parse read ("|" forces one) loads."""
+    text = _messy(text_frame) if messy else text_frame
+    fast = load_export(write_export(text, tmp_path / "fast" / "core_export_1.csv"))
+    piped = tmp_path / "piped" / "core_export_1.csv"
+    piped.parent.mkdir()
+    headers = {c.field: c.header for c in EXPORT_COLUMNS}
+    text.rename(columns=headers).to_csv(piped, index=False, sep="|", encoding="gbk")
+    decoded = load_export(piped, ExportLayout(delimiter="|"))
+    utf8 = load_export(write_export(text, tmp_path / "utf8" / "core_export_1.csv", "csv-utf8"))
+
+    assert fast.problems == decoded.problems == []
+    pd.testing.assert_frame_equal(fast.frame, decoded.frame)
+    pd.testing.assert_frame_equal(fast.frame, utf8.frame)
+    assert fast.frame.loc[6, "mobile"] == text.loc[6, "mobile"]
+    assert bool(fast.frame["_bad_aum"].any()) == messy
+
+
+@pytest.mark.parametrize(
+    "column, bad",
+    [
+        ("name", b"\x81\x7f"),  # a column siyu never reads still has to be GBK text
+        ("customer_class", b"\x81\x7f"),
+        ("mobile", b"\xff"),
+        ("name", None),  # a name ending inside a character (its lead byte before the comma)
+    ],
+)
+def test_invalid_gbk_anywhere_is_an_encoding_problem(tmp_path, column, bad):
+    text = good_frame(30)
+    path = write_export(text, tmp_path / "core_export_1.csv")
+    original = str(text.loc[5, column]).encode("gbk")
+    data = path.read_bytes()
+    replacement = original + b"\x81" if bad is None else bad
+    at = data.index(b"\n" + text.loc[5, "customer_id"].encode())
+    path.write_bytes(data[:at] + data[at:].replace(original, replacement, 1))
+
+    loaded = load_export(path)
+    assert [p.check for p in loaded.problems] == ["encoding"]
+    assert loaded.row_count == 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import date
 
+import numpy as np
+import pandas as pd
+import pyarrow as pa
 import pytest
 
 from siyu.sandbox.export_files import write_export
@@ -219,3 +223,24 @@ def test_data_docs_hold_no_personal_data(tmp_path, corpus):
     personal = _personal_values(files)
     for path in written:
         _assert_clean(path.read_bytes().decode("utf-8", errors="ignore"), personal)
+
+
+@pytest.mark.parametrize(
+    "ids, duplicated",
+    [
+        (["C03", "C01", "C02", None], []),  # not sorted, unique
+        (["C01", None, "C02", "C03"], []),  # sorted around an empty id
+        (["C01", "C02", None, "C02"], [1, 3]),  # sorted but for a repeat across an empty id
+        (["C02", "C01", "C02", "C02"], [0, 2, 3]),
+    ],
+)
+def test_id_codes_are_equal_exactly_where_ids_are(ids, duplicated):
+    codes = quality._id_codes(pa.array(ids, pa.string()))
+    assert [c < 0 for c in codes] == [i is None for i in ids]
+    for a, b in itertools.combinations(range(len(ids)), 2):
+        if ids[a] is not None and ids[b] is not None:
+            assert (codes[a] == codes[b]) == (ids[a] == ids[b])
+    frame = good_frame(len(ids), export_date=EXPORT_DATE)
+    frame["customer_id"] = pd.array(ids, dtype="str")
+    masks = quality._masks(frame.astype({"export_date": "datetime64[s]"}), EXPORT_DATE, [])
+    assert list(np.flatnonzero(masks["customer_id_unique"])) == duplicated
