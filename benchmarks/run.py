@@ -92,6 +92,7 @@ def _flows(work: Path, sample_small, sample_big, rate: int) -> dict:
     from prefect.testing.utilities import prefect_test_harness
 
     from siyu.blocks.environment import BLOCK_NAME, from_settings
+    from siyu.deployments.serve import ensure_concurrency_limits
     from siyu.flows.contacts_sync import contacts_sync
     from siyu.flows.tag_sync import TagSyncParameters, tag_sync
     from siyu.sandbox.export_files import write_export
@@ -104,6 +105,7 @@ def _flows(work: Path, sample_small, sample_big, rate: int) -> dict:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with prefect_test_harness(server_startup_timeout=120):
+        ensure_concurrency_limits()  # as `siyu up` does: the flows hold a real slot
         for label, sample, dry_run in (("push", sample_small, False), ("scale", sample_big, True)):
             home = work / f"home-{label}"
             (home / "landing").mkdir(parents=True)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, State
 
 from siyu.blocks.environment import load_environment
-from siyu.tasks.contacts import pull_and_store_contacts
+from siyu.tasks.contacts import CONTACT_STATE_LIMIT, pull_and_store_contacts
 
 
 @flow(name="contacts-sync", persist_result=False, log_prints=False)
 def contacts_sync() -> State:
     """Pull every employee's external contacts from WeCom, with remark mobiles hashed and tags."""
     env = load_environment()
-    stored = pull_and_store_contacts(env.wecom, env.database, env.export_source)
+    # Never while a tag push runs. A killed holder's 60 s lease lapses and the server frees it.
+    with concurrency(CONTACT_STATE_LIMIT, occupy=1, lease_duration=60):
+        stored = pull_and_store_contacts(env.wecom, env.database, env.export_source)
     return Completed(
         message=(
             f"{stored.pairs:,} contact pairs of {stored.employees} employees "

@@ -6,13 +6,16 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from prefect import flow
+from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
-from siyu.blocks.environment import load_environment
+from siyu.blocks.environment import Environment, load_environment
+from siyu.tasks.contacts import CONTACT_STATE_LIMIT
 from siyu.tasks.export_registry import ACCEPTED, SYNCED
 from siyu.tasks.reports import SyncSummary
 from siyu.tasks.tag_sync import (
+    ReceivedExport,
     gate_export,
     plan_tag_changes,
     push_tags,
@@ -63,6 +66,16 @@ def tag_sync(params: TagSyncParameters | None = None) -> State:
         report_tag_sync(env.database, record, summary, finished=False)
         return Completed(message=summary.message, data=summary.as_dict())
 
+    # Never while contacts-sync rewrites contacts; a killed run's 60 s lease lapses on its own.
+    with concurrency(CONTACT_STATE_LIMIT, occupy=1, lease_duration=60):
+        return _gate_plan_push(params, env, received, summary)
+
+
+def _gate_plan_push(
+    params: TagSyncParameters, env: Environment, received: ReceivedExport, summary: SyncSummary
+) -> State:
+    """The sync proper: finish an interrupted push, gate, plan, push, report."""
+    record = received.record
     if record.status == ACCEPTED and not params.dry_run:
         # A push of this export was cut short: finish it before anything else.
         push_tags(env.wecom, env.database, record.batch)
