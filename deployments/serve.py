@@ -52,6 +52,23 @@ def deployments() -> list[RunnerDeployment]:
     ]
 
 
+def ensure_concurrency_limits() -> None:
+    """Create the global concurrency limits the flows hold, where the server has none yet."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    from siyu.tasks.contacts import CONTACT_STATE_LIMIT
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(CONTACT_STATE_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=CONTACT_STATE_LIMIT, limit=1)
+            )
+
+
 def serve_all(runner_deployments: list[RunnerDeployment] | None = None) -> None:
     """Serve every deployment (or the given ones) in this process until interrupted (blocks).
 

@@ -334,10 +334,12 @@ def _control(sandbox_url: str, method: str, path: str, body: dict | None = None)
 def _register_blocks(wecom_base_url: str) -> None:
     """Save the blocks the flows load (WeCom app, database, export source) with working defaults."""
     from siyu.blocks.environment import register_blocks
+    from siyu.deployments.serve import ensure_concurrency_limits
     from siyu.schemas.settings import Settings
 
     register_blocks(Settings.from_env(), wecom_base_url=wecom_base_url)
-    print("blocks: registered", flush=True)
+    ensure_concurrency_limits()
+    print("blocks and concurrency limits: registered", flush=True)
 
 
 def crash_unfinished_runs(message: str) -> None:

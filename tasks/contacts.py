@@ -20,6 +20,9 @@ from siyu.schemas.export import MOBILE_PATTERN
 from siyu.schemas.models import Contact, ContactMobile, SyncedTag
 from siyu.tasks.matching import hash_mobiles
 
+# contacts-sync rewrites the stored view of contacts and their tags; a tag push updates it call by
+# call. The two must not interleave: both flows hold this Prefect global concurrency limit (1 slot).
+CONTACT_STATE_LIMIT = "siyu-contact-state"
 NO_RELATION = 84061  # WeCom's code for "the customer deleted the employee"
 FOLLOW_COLUMNS = ["userid", "external_userid", "state", "add_way", "added_at"]
 
