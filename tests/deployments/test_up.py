@@ -252,7 +252,7 @@ def test_up_serves_the_deployments_the_ui_shows_them_and_ctrl_c_stops_everything
     assert hourly["schedules"][0]["schedule"]["cron"] == "0 * * * *"
     out = up.output()
     assert f"http://127.0.0.1:{prefect_port}" in out
-    assert "Deployments -> tag-sync/daily -> Run" in out
+    assert "contacts-sync/hourly -> Run" in out and "tag-sync/daily -> Run" in out
     assert (home / "landing").is_dir() and any((home / "landing").glob("core_export_*"))
     assert (home / "siyu.db").is_file()
     assert (home / "sandbox" / "state.db").is_file()
