@@ -26,6 +26,7 @@ SANDBOX_START_SECONDS = 60.0
 PREFECT_START_SECONDS = 180.0
 STOP_GRACE_SECONDS = 10.0
 EXPORT_PATTERNS = ("core_export_*.csv", "core_export_*.parquet")
+SANDBOX_ROBOT_KEY = "siyu-ops"  # noqa: S105 - the sandbox robot's demo key, not a real one
 STOPPED_RUN_MESSAGE = "siyu was stopped while this run was in progress; run it again"
 ORPHANED_RUN_MESSAGE = "siyu stopped (or was killed) while this run was in progress; run it again"
 
@@ -332,14 +333,17 @@ def _control(sandbox_url: str, method: str, path: str, body: dict | None = None)
 
 
 def _register_blocks(wecom_base_url: str) -> None:
-    """Save the blocks the flows load (WeCom app, database, export source) with working defaults."""
+    """Save the blocks the flows load, the concurrency limit and the failure alert (defaults)."""
     from siyu.blocks.environment import register_blocks
+    from siyu.deployments.alerts import ensure_alerts
     from siyu.deployments.serve import ensure_concurrency_limits
     from siyu.schemas.settings import Settings
 
     register_blocks(Settings.from_env(), wecom_base_url=wecom_base_url)
     ensure_concurrency_limits()
-    print("blocks and concurrency limits: registered", flush=True)
+    # The sandbox's group robot stands in for the ops team's; edit the block for the real one.
+    ensure_alerts(f"{wecom_base_url}webhook/send?key={{{{key}}}}", robot_key=SANDBOX_ROBOT_KEY)
+    print("blocks, concurrency limit and failure alert: registered", flush=True)
 
 
 def crash_unfinished_runs(message: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -290,6 +291,31 @@ def test_up_serves_the_deployments_the_ui_shows_them_and_ctrl_c_stops_everything
         lambda: flow_run_state(up.api, flow_run_id), 180, "the contacts-sync run to finish"
     )
     assert final["type"] == "COMPLETED", final.get("message")
+
+    # A blocked tag sync (an export that is not of the asked business date) ends Failed, and
+    # the failure alert reaches the ops robot (the sandbox's) with the reason.
+    daily = both_deployments(up.api)[serve.TAG_SYNC_DAILY]
+    blocked = requests.post(
+        f"{up.api}/deployments/{daily['id']}/create_flow_run",
+        json={"parameters": {"params": {"business_date": "19990101"}}},
+        timeout=10,
+    )
+    assert blocked.status_code == 201, blocked.text
+    final = up.wait_for(
+        lambda: flow_run_state(up.api, blocked.json()["id"]), 180, "the blocked tag-sync to end"
+    )
+    assert final["type"] == "FAILED"
+    assert "not dated 1999-01-01" in final["message"]
+
+    def robot_posts() -> list | None:
+        posts = requests.get(
+            f"http://127.0.0.1:{sandbox_port}/sandbox/webhook_posts", timeout=5
+        ).json()
+        return posts or None
+
+    posts = up.wait_for(robot_posts, 60, "the failure alert to reach the ops robot")
+    alert = json.dumps(posts, ensure_ascii=False)
+    assert "tag-sync" in alert and "Failed" in alert and "fix the export" in alert
 
     up.interrupt_and_check_all_gone()
     assert_no_personal_data(up.output(), home)
