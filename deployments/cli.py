@@ -212,11 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate a synthetic core-banking export and the matching WeCom sandbox "
         "seed (employees, contacts, tags, groups).",
     )
-    sample.add_argument("--customers", type=_positive, required=True, help="customers in export")
-    sample.add_argument("--groups", type=int, required=True, help="customer groups (WeCom chats)")
-    sample.add_argument("--managers", type=_positive, required=True, help="account managers")
     sample.add_argument(
-        "--seed", type=int, required=True, help="random seed (same seed, same data)"
+        "--customers", type=_positive, default=1_000, help="customers in export (default 1000)"
+    )
+    sample.add_argument(
+        "--groups", type=int, default=6, help="customer groups (WeCom chats; default 6)"
+    )
+    sample.add_argument(
+        "--managers", type=_positive, default=5, help="account managers (default 5)"
+    )
+    sample.add_argument(
+        "--seed", type=int, default=7, help="random seed: same seed, same data (default 7)"
     )
     sample.add_argument("--out", type=Path, required=True, help="output directory")
     sample.add_argument(
