@@ -13,7 +13,8 @@ from pydantic import BaseModel, Field
 from siyu.blocks.environment import Environment, load_environment
 from siyu.tasks.contacts import CONTACT_STATE_LIMIT
 from siyu.tasks.export_registry import ACCEPTED, SYNCED
-from siyu.tasks.reports import SyncSummary
+from siyu.tasks.outbox import DrainReport
+from siyu.tasks.reports import SyncSummary, record_push
 from siyu.tasks.tag_sync import (
     ReceivedExport,
     gate_export,
@@ -76,9 +77,10 @@ def _gate_plan_push(
 ) -> State:
     """The sync proper: finish an interrupted push, gate, plan, push, report."""
     record = received.record
+    resumed = DrainReport()
     if record.status == ACCEPTED and not params.dry_run:
         # A push of this export was cut short: finish it before anything else.
-        push_tags(env.wecom, env.database, record.batch)
+        resumed = push_tags(env.wecom, env.database, record.batch)
 
     business_date = _business_date(params.business_date, env.export_source.timezone)
     summary.export_date = business_date.isoformat()
@@ -112,29 +114,11 @@ def _gate_plan_push(
         report_tag_sync(env.database, record, summary, finished=False)
         return Completed(message=summary.message, data=summary.as_dict())
 
-    pushed = push_tags(env.wecom, env.database, plan.batch)
-    summary.calls_sent = pushed.sent
-    summary.calls_reconciled = pushed.reconciled
-    summary.calls_resent = pushed.resent
-    summary.calls_failed = pushed.failed
-    summary.row_errors = pushed.errors
-    attempted = pushed.sent + pushed.resent + pushed.failed
-    refused_share = pushed.failed / attempted if attempted else 0.0
-    summary.message = (
-        f"{received.path.name}: {summary.pairs_changed:,} contact pairs changed with "
-        f"{pushed.sent + pushed.resent:,} mark_tag calls; {pushed.failed:,} refused by WeCom"
-    )
-    too_many = refused_share > env.export_source.row_error_threshold
-    if too_many:
-        summary.message += (
-            f" ({refused_share:.1%} of calls, above the {env.export_source.row_error_threshold:.0%} "
-            "threshold) - check the contacts listed in the report, run contacts-sync, then rerun tag-sync"
-        )
+    pushed = resumed.merge(push_tags(env.wecom, env.database, plan.batch))
+    too_many_refused = record_push(summary, pushed, env.export_source.row_error_threshold)
     report_tag_sync(env.database, record, summary, finished=True)
-    if too_many:
+    if too_many_refused:
         return Failed(message=summary.message, data=summary.as_dict())
-    if pushed.failed:
-        summary.message += " - completed with warnings, see the report"
     return Completed(message=summary.message, data=summary.as_dict())
 
 

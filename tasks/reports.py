@@ -52,6 +52,34 @@ class SyncSummary:
         return out
 
 
+def record_push(summary: SyncSummary, pushed: Any, row_error_threshold: float) -> bool:
+    """Put a push's outcome into the summary and its message; True when WeCom refused too many.
+
+    `pushed` is the outbox's DrainReport. Refused rows below the threshold are warnings: the run
+    completes and the report lists them by error code.
+    """
+    summary.calls_sent = pushed.sent
+    summary.calls_reconciled = pushed.reconciled
+    summary.calls_resent = pushed.resent
+    summary.calls_failed = pushed.failed
+    summary.row_errors = dict(pushed.errors)
+    attempted = pushed.sent + pushed.resent + pushed.failed
+    refused_share = pushed.failed / attempted if attempted else 0.0
+    summary.message = (
+        f"{summary.export_file}: {summary.pairs_changed:,} contact pairs changed with "
+        f"{pushed.sent + pushed.resent:,} mark_tag calls; {pushed.failed:,} refused by WeCom"
+    )
+    if refused_share > row_error_threshold:
+        summary.message += (
+            f" ({refused_share:.1%} of calls, above the {row_error_threshold:.0%} threshold) - check "
+            "the contacts listed in the report, run contacts-sync, then rerun tag-sync"
+        )
+        return True
+    if pushed.failed:
+        summary.message += " - completed with warnings, see the report"
+    return False
+
+
 def gate_markdown(title: str, checks: Sequence[Any], message: str, data_docs: str | None) -> str:
     """The gate's verdict: every check, pass or fail, with counts and masked sample ids."""
     failed = [c for c in checks if not c.passed]
