@@ -774,9 +774,7 @@ class SandboxState:
             raise WeComError(INVALID_PARAMETER, "chat_id_list must hold 1-5 chat ids")
         if any(c not in self.groups for c in chat_ids):
             raise WeComError(INVALID_CHAT_ID, "invalid chatid")
-        state = str(spec.get("state") or "")
-        if len(state) > MAX_STATE_CHARS:
-            raise WeComError(INVALID_PARAMETER, f"state is at most {MAX_STATE_CHARS} characters")
+        state = _channel_state(spec)
         config_id = secrets.token_hex(16)
         way = {
             "config_id": config_id,
@@ -1108,9 +1106,7 @@ class SandboxState:
             raise WeComError(INVALID_PARAMETER, "a single contact way takes exactly one user")
         if any(u not in self.employees for u in users):
             raise WeComError(INVALID_USERID, "invalid userid")
-        state = str(spec.get("state") or "")
-        if len(state) > MAX_STATE_CHARS:
-            raise WeComError(INVALID_PARAMETER, f"state is at most {MAX_STATE_CHARS} characters")
+        state = _channel_state(spec)
         config_id = secrets.token_hex(16)
         way = {
             "config_id": config_id,
@@ -1215,3 +1211,11 @@ class SandboxState:
             self.store.put_many("tag_group", ((g["group_id"], g) for g in tag_groups))
             self.store.put_many("tag", ((t["id"], t) for t in tags))
             self.store.put_many("group", ((g["chat_id"], g) for g in groups))
+
+
+def _channel_state(spec: dict[str, Any]) -> str:
+    """The `state` (channel code) of a contact or join way, checked as the platform does."""
+    state = str(spec.get("state") or "")
+    if len(state) > MAX_STATE_CHARS:
+        raise WeComError(INVALID_PARAMETER, f"state is at most {MAX_STATE_CHARS} characters")
+    return state
