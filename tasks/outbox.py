@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,8 +22,6 @@ from sqlalchemy.orm import Session
 
 from siyu.blocks.wecom_client import WeComOutcomeUnknown, WeComRowError
 from siyu.schemas.models import OutboxEntry
-
-log = logging.getLogger("siyu.outbox")
 
 PENDING, SENDING, DONE, FAILED, SUPERSEDED = "pending", "sending", "done", "failed", "superseded"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,7 +22,6 @@ from siyu.schemas.wecom import NewTag
 from siyu.tasks.outbox import DrainReport, PlannedCall, drain
 from siyu.tasks.tagging import bits_to_positions
 
-log = logging.getLogger("siyu.tags")
 MARK_TAG = "mark_tag"
 
 
@@ -38,10 +36,6 @@ class Catalog:
     def position_of(self) -> dict[str, int]:
         """WeCom tag id -> bit position."""
         return {tag_id: i for i, tag_id in enumerate(self.tag_ids) if tag_id}
-
-    def missing(self) -> list[tuple[str, str]]:
-        """Managed tags that do not exist in WeCom yet."""
-        return [t for t, tag_id in zip(self.tags, self.tag_ids, strict=True) if tag_id is None]
 
 
 def ensure_catalog(

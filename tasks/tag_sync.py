@@ -23,7 +23,7 @@ from siyu.blocks.database import SiyuDatabase
 from siyu.blocks.export_source import ExportSource
 from siyu.blocks.wecom import WeComApp
 from siyu.schemas.models import Contact
-from siyu.schemas.tag_rules import TagRuleSet
+from siyu.schemas.tag_rules import MAX_MANAGED_TAGS, TagRuleSet
 from siyu.tasks.export import file_checksum, load_export, newest_export
 from siyu.tasks.export_registry import (
     ExportRecord,
@@ -43,7 +43,7 @@ from siyu.tasks.tag_push import (
     reachable_contact_mobiles,
     synced_bits,
 )
-from siyu.tasks.tagging import desired_for_contacts, diff_tags
+from siyu.tasks.tagging import count_bits, desired_for_contacts, diff_tags
 
 # Customer frames pass between these tasks in memory only: never persisted, never hashed for a
 # cache key (Prefect would otherwise write customers' data to its result storage).
@@ -144,6 +144,7 @@ def gate_export(
         gate_markdown(
             f"Quality gate: {received.path.name}",
             gate.checks,
+            gate.passed,
             gate.message,
             str(gate.data_docs) if gate.data_docs else None,
         ),
@@ -218,8 +219,7 @@ def plan_tag_changes(
 
 
 def _popcount(bits: pd.Series) -> int:
-    values = bits.to_numpy(dtype=np.uint64)
-    return int(sum(int(((values >> np.uint64(i)) & np.uint64(1)).sum()) for i in range(64)))
+    return int(count_bits(bits.to_numpy(dtype=np.uint64), MAX_MANAGED_TAGS).sum())
 
 
 def _remember_bindings(engine: sa.Engine, pairs: pd.DataFrame) -> None:
