@@ -278,3 +278,33 @@ class MomentTaskResult(WeComModel):
     status: int = Field(description="1 running, 2 done, 3 failed")
     type: str | None = Field(default=None, description="Task type, add_moment_task")
     result: MomentResult | None = Field(default=None, description="The outcome once done")
+
+
+# -- group statistics and openids ---------------------------------------------------------------
+
+
+class GroupChatStatisticData(WeComModel):
+    """One owner's groups' figures over the days asked (`groupchat/statistic`)."""
+
+    new_chat_cnt: int = Field(default=0, description="Groups created")
+    chat_total: int = Field(default=0, description="Groups in total")
+    chat_has_msg: int = Field(default=0, description="Groups where someone spoke")
+    new_member_cnt: int = Field(default=0, description="Members who joined")
+    member_total: int = Field(default=0, description="Members in total")
+    member_has_msg: int = Field(default=0, description="Members who spoke")
+    msg_total: int = Field(default=0, description="Messages sent")
+
+
+class GroupChatStatistic(WeComModel):
+    """One item of `groupchat/statistic`: a group owner and their groups' figures."""
+
+    owner: str = Field(description="The group owner (employee userid)")
+    data: GroupChatStatisticData = Field(
+        default_factory=GroupChatStatisticData, description="The owner's figures"
+    )
+
+
+class OpenIdResult(WeComModel):
+    """The reply of `convert_to_openid`. The openid identifies a customer: never log it."""
+
+    openid: str = Field(repr=False, description="The customer's WeChat openid")

@@ -7,8 +7,7 @@ import uuid
 import pytest
 from pydantic import SecretStr
 
-from siyu.blocks.wecom import WeComApp
-from siyu.blocks.wecom_client import DEFAULT_BASE_URL, WeComClient
+from siyu.blocks.wecom import DEFAULT_BASE_URL, WeComApp, WeComClient
 from siyu.schemas.settings import SANDBOX_AGENT_ID
 
 

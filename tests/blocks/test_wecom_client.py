@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from siyu.blocks.wecom_client import (
+from siyu.blocks.wecom import (
     ApiRateLimit,
     ContactUnreachable,
     InvalidExternalUser,
@@ -22,6 +22,7 @@ from siyu.blocks.wecom_client import (
     WeComOutcomeUnknown,
     WeComRowError,
     WeComUnavailable,
+    pacing,
 )
 from siyu.schemas.settings import SANDBOX_AGENT_ID
 from siyu.schemas.wecom import (
@@ -44,6 +45,12 @@ class Waits(list):
 
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
+
+
+@pytest.fixture(autouse=True)
+def own_pacing(monkeypatch) -> None:
+    """Each test paces in buckets of its own: no 45009 streak or slow-down leaks between tests."""
+    monkeypatch.setattr(pacing, "_SHARED_LIMITS", {})
 
 
 @pytest.fixture
@@ -368,16 +375,13 @@ def test_backoff_grows_and_is_capped(seeded, make_client, waits, monkeypatch) ->
     assert waits == [0.5, 1.0, 2.0, 2.0, 2.0]
 
 
-def test_rate_limited_waits_for_the_next_minute_window(
-    seeded, make_client, waits, monkeypatch
-) -> None:
+def test_rate_limited_backs_off_briefly_not_to_the_next_minute(seeded, make_client, waits) -> None:
     client = make_client()
-    monkeypatch.setattr(client, "_seconds_to_next_minute", lambda: 42.0)
     client.get_token()
     seeded.fault(api=FOLLOW_USERS, errcode=45009, times=1)
     client.get_follow_user_list()
     assert len(waits) == 1
-    assert waits[0] >= 42.0
+    assert 0.5 <= waits[0] <= 1.0  # a short backoff first; repeats wait longer (test_pacing)
 
 
 def test_retries_are_logged_as_warnings(seeded, make_client, caplog) -> None:
@@ -396,7 +400,7 @@ def test_retries_are_logged_as_warnings(seeded, make_client, caplog) -> None:
     assert any(FOLLOW_USERS in m and "errcode=0" in m and "ms" in m for m in debug)
 
 
-def test_mutating_call_retries_a_dropped_reply_by_default(client: WeComClient, seeded) -> None:
+def test_mark_tag_is_resent_after_a_dropped_reply(client: WeComClient, seeded) -> None:
     userid, external_userid = _pair(client)
     group = client.add_corp_tag(group_name="siyu测试", tags=[NewTag(name="甲")])
     tag_id = group.tag[0].id
@@ -408,30 +412,26 @@ def test_mutating_call_retries_a_dropped_reply_by_default(client: WeComClient, s
     assert tag_id in seeded.contact_tags(userid, external_userid)
 
 
-def test_outbox_can_turn_transport_retries_off(client: WeComClient, seeded) -> None:
+def test_a_mass_message_is_not_resent_after_a_dropped_reply(client: WeComClient, seeded) -> None:
     userid, external_userid = _pair(client)
-    group = client.add_corp_tag(group_name="siyu测试", tags=[NewTag(name="乙")])
-    tag_id = group.tag[0].id
-    seeded.fault(api=MARK_TAG, drop_connection=True, after_effect=True, times=1)
+    seeded.fault(
+        api="externalcontact/add_msg_template", drop_connection=True, after_effect=True, times=1
+    )
 
     with pytest.raises(WeComOutcomeUnknown) as caught:
-        client.mark_tag(userid, external_userid, add_tag=[tag_id], retry_transport_errors=False)
+        client.add_msg_template(sender=userid, external_userid=[external_userid], text="您好")
 
     assert caught.value.attempts == 1
-    assert client.calls[MARK_TAG] == 1
-    assert tag_id in seeded.contact_tags(userid, external_userid)  # it did land: reconcile
+    assert client.calls["externalcontact/add_msg_template"] == 1
+    assert len(seeded.requests("externalcontact/add_msg_template")) == 1
+    assert caught.value.sent_at is not None  # when it left: reconcile after its in-flight window
 
 
-def test_busy_codes_are_retried_even_with_transport_retries_off(
-    client: WeComClient, seeded
-) -> None:
+def test_busy_codes_are_retried_even_for_writes_never_resent(client: WeComClient, seeded) -> None:
     userid, external_userid = _pair(client)
-    group = client.add_corp_tag(group_name="siyu测试", tags=[NewTag(name="丙")])
-    seeded.fault(api=MARK_TAG, errcode=-1, times=1)
-    client.mark_tag(
-        userid, external_userid, add_tag=[group.tag[0].id], retry_transport_errors=False
-    )
-    assert client.calls[MARK_TAG] == 2
+    seeded.fault(api="externalcontact/add_msg_template", errcode=-1, times=1)
+    client.add_msg_template(sender=userid, external_userid=[external_userid], text="您好")
+    assert client.calls["externalcontact/add_msg_template"] == 2  # -1 refused it: nothing sent
 
 
 def test_refused_connection_is_unavailable_not_unknown(make_client) -> None:

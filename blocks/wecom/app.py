@@ -5,17 +5,19 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from siyu.blocks.wecom_client import DEFAULT_BASE_URL, WeComClient
+from siyu.blocks.wecom.client import WeComClient
+from siyu.blocks.wecom.pacing import PrefectPacer, RateLimits
+from siyu.blocks.wecom.transport import DEFAULT_BASE_URL, pacing_scope
 
 
 class WeComApp(Block):
-    """A WeCom self-built app: corp id, secret and limits. Load with WeComApp.load("sandbox").
+    """A WeCom self-built app: corp id, secret and limits. Load with WeComApp.load("siyu").
 
     Example:
         ```python
         from siyu.blocks.wecom import WeComApp
 
-        with WeComApp.load("sandbox").get_client() as client:
+        with WeComApp.load("siyu").get_client() as client:
             employees = client.get_follow_user_list()
         ```
     """
@@ -45,9 +47,22 @@ class WeComApp(Block):
     timeout_seconds: float = Field(
         default=10, gt=0, description="Seconds to wait for a connection and for each answer"
     )
+    shared_pacing: bool = Field(
+        default=False,
+        description=(
+            "Pace calls through Prefect rate limits shared by every worker (wecom-<api>, made "
+            "by siyu up) instead of per process"
+        ),
+    )
 
     def get_client(self) -> WeComClient:
         """A client for this app: the only place the secret is unwrapped."""
+        pacer = None
+        if self.shared_pacing:
+            pacer = PrefectPacer(
+                pacing_scope(self.base_url, self.corp_id),
+                RateLimits(self.rate_limit_per_minute, dict(self.api_rate_limits)),
+            )
         return WeComClient(
             self.base_url,
             self.corp_id,
@@ -56,4 +71,5 @@ class WeComApp(Block):
             timeout=self.timeout_seconds,
             rate_limit_per_minute=self.rate_limit_per_minute,
             api_rate_limits=dict(self.api_rate_limits),
+            pacer=pacer,
         )
