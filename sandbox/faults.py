@@ -16,7 +16,10 @@ WINDOW_SECONDS = 60.0
 
 
 def api_name(path: str) -> str:
-    """`/cgi-bin/externalcontact/mark_tag` and `externalcontact/mark_tag` name the same API."""
+    """`/cgi-bin/externalcontact/mark_tag` and `externalcontact/mark_tag` name the same API.
+
+    WeChat Pay's paths keep their own prefix: `mmpaymkttransfers/sendworkwxredpack`.
+    """
     path = path.strip("/")
     return path.removeprefix("cgi-bin/")
 
@@ -28,6 +31,9 @@ class FaultSpec(BaseModel):
 
     api: str = Field("*", description="API path like externalcontact/mark_tag, or * for all")
     errcode: int | None = Field(None, description="Reply with this errcode instead")
+    err_code: str | None = Field(
+        None, description="Payout paths: reply with this WeChat Pay err_code (e.g. SYSTEMERROR)"
+    )
     times: int | None = Field(None, ge=1, description="Only the first N matching calls")
     rate: float | None = Field(None, ge=0.0, le=1.0, description="This share of matching calls")
     seed: int = Field(0, description="Seed for `rate`, so a run is repeatable")
@@ -39,8 +45,11 @@ class FaultSpec(BaseModel):
 
     @model_validator(mode="after")
     def _does_something(self) -> FaultSpec:
-        if not (self.errcode or self.latency_ms or self.drop_connection or self.http_status):
-            raise ValueError("a fault needs errcode, latency_ms, drop_connection or http_status")
+        failing = self.errcode or self.err_code or self.drop_connection or self.http_status
+        if not (failing or self.latency_ms):
+            raise ValueError(
+                "a fault needs errcode, err_code, latency_ms, drop_connection or http_status"
+            )
         return self
 
 
@@ -116,7 +125,8 @@ class FaultBook:
             if not fault.matches(api, params) or not fault.fires():
                 continue
             plan.latency_ms += fault.spec.latency_ms
-            failing = fault.spec.errcode or fault.spec.drop_connection or fault.spec.http_status
+            spec = fault.spec
+            failing = spec.errcode or spec.err_code or spec.drop_connection or spec.http_status
             if failing and plan.outcome is None:
                 plan.outcome = fault.spec
         return plan

@@ -1,4 +1,4 @@
-"""The WeCom sandbox over HTTP: the /cgi-bin/ API, the /sandbox/ control API, and how to run it."""
+"""The WeCom sandbox over HTTP: the /cgi-bin/ and WeChat Pay APIs, the /sandbox/ control API, how to run it."""
 
 from __future__ import annotations
 
@@ -16,232 +16,34 @@ from typing import Any
 
 import requests
 import uvicorn
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
 
+from siyu.sandbox import pay_api
+from siyu.sandbox.control_api import control_routes
 from siyu.sandbox.faults import FaultBook, FaultSpec, RateLimiter, api_name
-from siyu.sandbox.seed import load_seed
-from siyu.sandbox.state import (
+from siyu.sandbox.platform import (
     DATA_FORMAT_ERROR,
     INVALID_PARAMETER,
     OUT_OF_LIMIT,
     SYSTEM_BUSY,
-    ConfigUpdate,
-    SandboxState,
-    SQLiteStateStore,
-    StateStore,
     WeComError,
 )
+from siyu.sandbox.seed import load_seed
+from siyu.sandbox.state import SandboxState
+from siyu.sandbox.store import SQLiteStateStore, StateStore
+from siyu.sandbox.wecom_api import NO_TOKEN_APIS, WECOM_API, Handler, text_field
 
 logger = logging.getLogger("siyu.sandbox")
 
 Params = dict[str, Any]
-Handler = Callable[[SandboxState, Params], Params | None]
 
-# Calls that carry no access token: the token call itself and the group robot (its key).
-NO_TOKEN_APIS = {"gettoken", "webhook/send"}
-# Never kept in the request log: they open the corp (token, secret) or post as the robot (key).
-SECRET_PARAMS = {"access_token", "corpsecret", "key"}
+# Never kept in the request log: they open the corp (token, secret), post as the robot (key)
+# or are made with the merchant's key (a payout's signatures).
+SECRET_PARAMS = {"access_token", "corpsecret", "key", *pay_api.SECRET_FIELDS}
 DROP_SIGNAL = "siyu.sandbox.drop"
 FAULT_ERRMSG = {SYSTEM_BUSY: "system busy", OUT_OF_LIMIT: "api freq out of limit"}
-
-
-# ---- parsing request fields ------------------------------------------------------------
-
-
-def _text(p: Params, name: str) -> str:
-    value = p.get(name)
-    if value is None:
-        return ""
-    if isinstance(value, dict | list):
-        raise WeComError(INVALID_PARAMETER, f"{name} must be a string")
-    return str(value)
-
-
-def _ids(p: Params, name: str) -> list[str]:
-    value = p.get(name)
-    if value is None or value == "":
-        return []
-    if not isinstance(value, list):
-        raise WeComError(INVALID_PARAMETER, f"{name} must be a list")
-    return [str(v) for v in value]
-
-
-def _number(p: Params, name: str, default: int | None) -> int | None:
-    value = p.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise WeComError(INVALID_PARAMETER, f"{name} must be a number") from None
-
-
-def _object(p: Params, name: str) -> Params:
-    value = p.get(name)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise WeComError(INVALID_PARAMETER, f"{name} must be an object")
-    return value
-
-
-# ---- the WeCom API: each handler parses its fields and replies ----------------------
-
-
-def gettoken(state: SandboxState, p: Params) -> Params:
-    return state.issue_token(_text(p, "corpid"), _text(p, "corpsecret"))
-
-
-def get_corp_tag_list(state: SandboxState, p: Params) -> Params:
-    return {"tag_group": state.corp_tag_list(_ids(p, "tag_id"), _ids(p, "group_id"))}
-
-
-def add_corp_tag(state: SandboxState, p: Params) -> Params:
-    tags = p.get("tag")
-    if not isinstance(tags, list):
-        raise WeComError(INVALID_PARAMETER, "tag must be a list")
-    group_name = _text(p, "group_name") if "group_name" in p else None
-    group = state.add_corp_tag(_text(p, "group_id"), group_name, _number(p, "order", 0), tags)
-    return {"tag_group": group}
-
-
-def edit_corp_tag(state: SandboxState, p: Params) -> None:
-    name = _text(p, "name") if "name" in p else None
-    state.edit_corp_tag(_text(p, "id"), name, _number(p, "order", None))
-
-
-def del_corp_tag(state: SandboxState, p: Params) -> None:
-    state.del_corp_tag(_ids(p, "tag_id"), _ids(p, "group_id"))
-
-
-def mark_tag(state: SandboxState, p: Params) -> None:
-    state.mark_tag(
-        _text(p, "userid"),
-        _text(p, "external_userid"),
-        _ids(p, "add_tag"),
-        _ids(p, "remove_tag"),
-    )
-
-
-def get_follow_user_list(state: SandboxState, p: Params) -> Params:
-    return {"follow_user": state.follow_user_list()}
-
-
-def contact_list(state: SandboxState, p: Params) -> Params:
-    return {"external_userid": state.contact_list(_text(p, "userid"))}
-
-
-def contact_get(state: SandboxState, p: Params) -> Params:
-    return state.get_contact(_text(p, "external_userid"), _text(p, "cursor"))
-
-
-def batch_get_by_user(state: SandboxState, p: Params) -> Params:
-    return state.batch_get_by_user(
-        _ids(p, "userid_list"), _text(p, "cursor"), _number(p, "limit", 50)
-    )
-
-
-def groupchat_list(state: SandboxState, p: Params) -> Params:
-    owners = _ids(_object(p, "owner_filter"), "userid_list")
-    return state.groupchat_list(
-        _number(p, "status_filter", 0), owners, _text(p, "cursor"), _number(p, "limit", 0)
-    )
-
-
-def groupchat_get(state: SandboxState, p: Params) -> Params:
-    return {
-        "group_chat": state.groupchat_get(_text(p, "chat_id"), bool(_number(p, "need_name", 0)))
-    }
-
-
-def add_join_way(state: SandboxState, p: Params) -> Params:
-    return {"config_id": state.add_join_way(p)}
-
-
-def get_join_way(state: SandboxState, p: Params) -> Params:
-    return {"join_way": state.get_join_way(_text(p, "config_id"))}
-
-
-def add_msg_template(state: SandboxState, p: Params) -> Params:
-    return state.add_msg_template(p)
-
-
-def get_groupmsg_list_v2(state: SandboxState, p: Params) -> Params:
-    return state.groupmsg_list(p)
-
-
-def get_groupmsg_task(state: SandboxState, p: Params) -> Params:
-    return state.groupmsg_task(_text(p, "msgid"), p.get("limit"), _text(p, "cursor"))
-
-
-def get_groupmsg_send_result(state: SandboxState, p: Params) -> Params:
-    return state.groupmsg_send_result(
-        _text(p, "msgid"), _text(p, "userid"), p.get("limit"), _text(p, "cursor")
-    )
-
-
-def remind_groupmsg_send(state: SandboxState, p: Params) -> None:
-    state.remind_groupmsg(_text(p, "msgid"))
-
-
-def cancel_groupmsg_send(state: SandboxState, p: Params) -> None:
-    state.cancel_groupmsg(_text(p, "msgid"))
-
-
-def message_send(state: SandboxState, p: Params) -> Params:
-    return state.send_app_message(p)
-
-
-def webhook_send(state: SandboxState, p: Params) -> None:
-    state.post_webhook(_text(p, "key"), {k: v for k, v in p.items() if k != "key"})
-
-
-def send_welcome_msg(state: SandboxState, p: Params) -> None:
-    state.send_welcome_msg(p)
-
-
-def add_contact_way(state: SandboxState, p: Params) -> Params:
-    return state.add_contact_way(p)
-
-
-def add_moment_task(state: SandboxState, p: Params) -> Params:
-    return {"jobid": state.add_moment_task(p)}
-
-
-def get_moment_task_result(state: SandboxState, p: Params) -> Params:
-    return state.moment_task_result(_text(p, "jobid"))
-
-
-WECOM_API: dict[str, Handler] = {
-    "gettoken": gettoken,
-    "externalcontact/get_corp_tag_list": get_corp_tag_list,
-    "externalcontact/add_corp_tag": add_corp_tag,
-    "externalcontact/edit_corp_tag": edit_corp_tag,
-    "externalcontact/del_corp_tag": del_corp_tag,
-    "externalcontact/mark_tag": mark_tag,
-    "externalcontact/get_follow_user_list": get_follow_user_list,
-    "externalcontact/list": contact_list,
-    "externalcontact/get": contact_get,
-    "externalcontact/batch/get_by_user": batch_get_by_user,
-    "externalcontact/groupchat/list": groupchat_list,
-    "externalcontact/groupchat/get": groupchat_get,
-    "externalcontact/groupchat/add_join_way": add_join_way,
-    "externalcontact/groupchat/get_join_way": get_join_way,
-    "externalcontact/add_msg_template": add_msg_template,
-    "externalcontact/get_groupmsg_list_v2": get_groupmsg_list_v2,
-    "externalcontact/get_groupmsg_task": get_groupmsg_task,
-    "externalcontact/get_groupmsg_send_result": get_groupmsg_send_result,
-    "externalcontact/remind_groupmsg_send": remind_groupmsg_send,
-    "externalcontact/cancel_groupmsg_send": cancel_groupmsg_send,
-    "message/send": message_send,
-    "webhook/send": webhook_send,
-    "externalcontact/send_welcome_msg": send_welcome_msg,
-    "externalcontact/add_contact_way": add_contact_way,
-    "externalcontact/add_moment_task": add_moment_task,
-    "externalcontact/get_moment_task_result": get_moment_task_result,
-}
+XML = "text/xml; charset=utf-8"
 
 
 # ---- what the sandbox observed -------------------------------------------------------
@@ -257,7 +59,9 @@ class CallLog:
         self.errors: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self.tag_changes = 0
 
-    def record(self, api: str, errcode: int | None, params: Params, fault: str | None) -> None:
+    def record(
+        self, api: str, errcode: int | str | None, params: Params, fault: str | None
+    ) -> None:
         self.seq += 1
         self.entries.append(
             {
@@ -293,13 +97,24 @@ class Sandbox:
         store = SQLiteStateStore(Path(state_path)) if state_path else StateStore()
         self.state = SandboxState(store)
         self.faults = FaultBook()
-        self.limiter = RateLimiter(self.state.config.rate_limits)
+        self._new_limiters()
         self.log = CallLog()
+
+    def _new_limiters(self) -> None:
+        config = self.state.config
+        self.limiter = RateLimiter(config.rate_limits)
+        # WeChat Pay limits payouts a minute on its own, apart from WeCom's per-API limits.
+        self.pay_limiter = RateLimiter({"*": config.redpack_per_minute})
+
+    def configure_limits(self) -> None:
+        config = self.state.config
+        self.limiter.configure(config.rate_limits)
+        self.pay_limiter.configure({"*": config.redpack_per_minute})
 
     def reset(self) -> None:
         self.state.reset()
         self.faults.clear()
-        self.limiter = RateLimiter(self.state.config.rate_limits)
+        self._new_limiters()
         self.log = CallLog()
 
     def close(self) -> None:
@@ -310,7 +125,7 @@ class Sandbox:
         with self.state.lock:
             try:
                 if api not in NO_TOKEN_APIS:
-                    self.state.check_token(_text(params, "access_token"))
+                    self.state.tokens.check(text_field(params, "access_token"))
                 reply = handler(self.state, params) or {}
             except WeComError as error:
                 return {"errcode": error.errcode, "errmsg": error.errmsg}
@@ -319,17 +134,52 @@ class Sandbox:
         return {"errcode": 0, "errmsg": "ok", **reply}
 
 
-def _fault_response(request: Request, spec: FaultSpec) -> tuple[Response, int | None, str]:
-    """The failing reply a fault asks for: a dropped socket, an HTTP error or an errcode."""
+FaultBody = Callable[[FaultSpec], tuple[Response, int | str | None]]
+
+
+def _fault_response(
+    request: Request, spec: FaultSpec, body: FaultBody
+) -> tuple[Response, int | str | None, str]:
+    """The failing reply a fault asks for: a dropped socket, an HTTP error or an error body."""
     if spec.drop_connection:
         request.scope[DROP_SIGNAL]["drop"] = True
         return Response(), None, "drop_connection"
     if spec.http_status:
-        body = f"sandbox fault: HTTP {spec.http_status}"
-        return PlainTextResponse(body, status_code=spec.http_status), None, "http_status"
+        text = f"sandbox fault: HTTP {spec.http_status}"
+        return PlainTextResponse(text, status_code=spec.http_status), None, "http_status"
+    response, code = body(spec)
+    return response, code, "errcode"
+
+
+def _wecom_fault(spec: FaultSpec) -> tuple[Response, int | str | None]:
     code = spec.errcode or SYSTEM_BUSY
     body = {"errcode": code, "errmsg": FAULT_ERRMSG.get(code, f"sandbox fault {code}")}
-    return JSONResponse(body), code, "errcode"
+    return JSONResponse(body), code
+
+
+async def _serve_call(
+    sandbox: Sandbox,
+    request: Request,
+    api: str,
+    params: Params,
+    run: Callable[[], tuple[Response, int | str | None]],
+    fault_body: FaultBody,
+) -> Response:
+    """One call through the faults: delay, fail before or after the effect, or answer."""
+    plan = sandbox.faults.plan(api, params)
+    if plan.latency_ms:
+        await asyncio.sleep(plan.latency_ms / 1000)
+    if plan.outcome is not None and plan.fails_before_effect:
+        response, code, fault = _fault_response(request, plan.outcome, fault_body)
+        _finish(sandbox, request, api, code, params, fault)
+        return response
+    response, code = run()
+    if plan.outcome is not None and plan.fails_after_effect:
+        response, code, fault = _fault_response(request, plan.outcome, fault_body)
+        _finish(sandbox, request, api, code, params, f"{fault} after effect")
+        return response
+    _finish(sandbox, request, api, code, params, None)
+    return response
 
 
 class ConnectionDropper:
@@ -368,105 +218,6 @@ def _close_connection(receive: Callable[..., Any]) -> None:
     transport.close()
 
 
-# ---- the control API -------------------------------------------------------------------
-
-
-class SeedRequest(BaseModel):
-    path: str
-
-
-class FollowRef(BaseModel):
-    userid: str
-    external_userid: str
-
-
-def _control_routes(sandbox: Sandbox) -> APIRouter:
-    router = APIRouter(prefix="/sandbox")
-
-    @router.get("/health")
-    async def health() -> Params:
-        return {"ok": True}
-
-    @router.post("/reset")
-    async def reset() -> Params:
-        sandbox.reset()
-        return {"ok": True}
-
-    @router.post("/seed")
-    async def seed(body: SeedRequest) -> Params:
-        try:
-            return load_seed(sandbox.state, Path(body.path))
-        except FileNotFoundError as error:
-            raise HTTPException(status_code=404, detail=str(error)) from None
-
-    @router.post("/config")
-    async def config(body: ConfigUpdate) -> Params:
-        updated = sandbox.state.update_config(body)
-        sandbox.limiter.configure(updated.rate_limits)
-        return updated.model_dump()
-
-    @router.get("/config")
-    async def read_config() -> Params:
-        return sandbox.state.config.model_dump()
-
-    @router.post("/faults")
-    async def add_fault(body: FaultSpec) -> Params:
-        return {"fault_id": sandbox.faults.add(body).fault_id}
-
-    @router.get("/faults")
-    async def list_faults() -> list[Params]:
-        return sandbox.faults.describe()
-
-    @router.delete("/faults")
-    async def clear_faults() -> Params:
-        sandbox.faults.clear()
-        return {"ok": True}
-
-    @router.post("/tokens/expire")
-    async def expire_tokens() -> Params:
-        with sandbox.state.lock:
-            return {"expired": sandbox.state.expire_tokens()}
-
-    @router.post("/contacts/delete_follow")
-    async def delete_follow(body: FollowRef) -> Params:
-        if not sandbox.state.delete_follow(body.userid, body.external_userid):
-            raise HTTPException(status_code=404, detail="no such follow relation")
-        return {"ok": True}
-
-    @router.get("/requests")
-    async def requests_log(api: str | None = None, since: int = 0) -> list[Params]:
-        return sandbox.log.since(api_name(api) if api else None, since)
-
-    @router.get("/stats")
-    async def stats() -> Params:
-        with sandbox.state.lock:
-            return {**sandbox.log.stats(), "corp": sandbox.state.corp_counts()}
-
-    @router.get("/contact_tags")
-    async def contact_tags(userid: str | None = None, external_userid: str | None = None) -> Params:
-        with sandbox.state.lock:
-            if userid is None and external_userid is None:
-                return {"pairs": sandbox.state.all_contact_tags()}
-            tag_ids = sandbox.state.contact_tags(userid or "", external_userid or "")
-        if tag_ids is None:
-            raise HTTPException(status_code=404, detail="no such follow relation")
-        return {"tag_ids": tag_ids}
-
-    @router.get("/webhook_posts")
-    async def webhook_posts() -> list[Params]:
-        return list(sandbox.state.webhook_posts)
-
-    @router.get("/app_messages")
-    async def app_messages() -> list[Params]:
-        return list(sandbox.state.app_messages)
-
-    @router.get("/welcome_messages")
-    async def welcome_messages() -> list[Params]:
-        return list(sandbox.state.welcome_messages)
-
-    return router
-
-
 # ---- the app ---------------------------------------------------------------------------
 
 
@@ -478,7 +229,7 @@ def create_app(state_path: Path | None = None) -> FastAPI:
     )
     app.state.sandbox = sandbox
     app.add_middleware(ConnectionDropper)
-    app.include_router(_control_routes(sandbox))
+    app.include_router(control_routes(sandbox))
 
     @app.api_route("/cgi-bin/{path:path}", methods=["GET", "POST"])
     async def wecom(path: str, request: Request) -> Response:
@@ -502,25 +253,42 @@ def create_app(state_path: Path | None = None) -> FastAPI:
             _finish(sandbox, request, api, reply["errcode"], params, None)
             return JSONResponse(reply)
         params.update(body)
-        plan = sandbox.faults.plan(api, params)
-        if plan.latency_ms:
-            await asyncio.sleep(plan.latency_ms / 1000)
-        if plan.outcome is not None and plan.fails_before_effect:
-            response, code, fault = _fault_response(request, plan.outcome)
-            _finish(sandbox, request, api, code, params, fault)
-            return response
-        if sandbox.limiter.admit(api):
-            reply = sandbox.answer(api, handler, params)
-        else:
-            reply = {"errcode": OUT_OF_LIMIT, "errmsg": "api freq out of limit"}
-        if api == "externalcontact/mark_tag" and reply["errcode"] == 0:
-            sandbox.log.tag_changes += 1
-        if plan.outcome is not None and plan.fails_after_effect:
-            response, code, fault = _fault_response(request, plan.outcome)
-            _finish(sandbox, request, api, code, params, f"{fault} after effect")
-            return response
-        _finish(sandbox, request, api, reply["errcode"], params, None)
-        return JSONResponse(reply)
+
+        def run() -> tuple[Response, int | str | None]:
+            if sandbox.limiter.admit(api):
+                reply = sandbox.answer(api, handler, params)
+            else:
+                reply = {"errcode": OUT_OF_LIMIT, "errmsg": "api freq out of limit"}
+            if api == "externalcontact/mark_tag" and reply["errcode"] == 0:
+                sandbox.log.tag_changes += 1
+            return JSONResponse(reply), reply["errcode"]
+
+        return await _serve_call(sandbox, request, api, params, run, _wecom_fault)
+
+    @app.post("/mmpaymkttransfers/{name}")
+    async def wechat_pay(name: str, request: Request) -> Response:
+        api = f"mmpaymkttransfers/{name}"
+        if api not in pay_api.PAY_API:
+            body = pay_api.to_xml({"return_code": "FAIL", "return_msg": f"no such API {name}"})
+            return Response(body, status_code=404, media_type=XML)
+        fields = pay_api.parse_xml(await request.body())
+        if fields is None:
+            _finish(sandbox, request, api, "XML_ERROR", {}, None)
+            return Response(pay_api.to_xml(pay_api.bad_xml_reply()), media_type=XML)
+
+        def run() -> tuple[Response, int | str | None]:
+            if api == pay_api.SEND_REDPACK and not sandbox.pay_limiter.admit(api):
+                reply = pay_api.fault_reply(fields, "FREQ_LIMIT")
+            else:
+                reply = pay_api.answer(sandbox.state, api, fields)
+            code = reply["err_code"] if reply.get("result_code") == "FAIL" else 0
+            return Response(pay_api.to_xml(reply), media_type=XML), code
+
+        def faulted(spec: FaultSpec) -> tuple[Response, int | str | None]:
+            reply = pay_api.fault_reply(fields, spec.err_code)
+            return Response(pay_api.to_xml(reply), media_type=XML), reply["err_code"]
+
+        return await _serve_call(sandbox, request, api, fields, run, faulted)
 
     return app
 
@@ -529,7 +297,7 @@ def _finish(
     sandbox: Sandbox,
     request: Request,
     api: str,
-    errcode: int | None,
+    errcode: int | str | None,
     params: Params,
     fault: str | None,
 ) -> None:
@@ -567,6 +335,11 @@ class SandboxServer:
     @property
     def api_base(self) -> str:
         return self.url + "/cgi-bin/"
+
+    @property
+    def pay_base(self) -> str:
+        """Where WeChat Pay's paths are served: `{pay_base}mmpaymkttransfers/...`."""
+        return self.url + "/"
 
     @property
     def sandbox(self) -> Sandbox:

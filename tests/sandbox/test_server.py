@@ -21,46 +21,11 @@ from tests.fixtures.sandbox import (
     SandboxHandle,
     seed_mobile,
 )
+from tests.sandbox.bare_client import WeCom, send_results, send_single
 
 HIGH, LOW = SEED_INTENT_TAGS[0][0], SEED_INTENT_TAGS[1][0]
 WEALTH, FUND = SEED_INTEREST_TAGS[0][0], SEED_INTEREST_TAGS[1][0]
 C1, C2, C3 = SEED_CONTACT_IDS[:3]  # C1: mgr001 + mgr002; C2: mgr002 + mgr003; C3: mgr003
-
-
-class WeCom:
-    """A bare client for the tests: one token, JSON in and out."""
-
-    def __init__(self, handle: SandboxHandle) -> None:
-        self.handle = handle
-        self.base = handle.api_base
-        self.token = handle.token()
-
-    def post(self, api: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
-        reply = requests.post(
-            self.base + api, params={"access_token": self.token}, json=body or {}, **kwargs
-        )
-        assert reply.status_code == 200
-        return reply.json()
-
-    def get(self, api: str, **params: Any) -> dict[str, Any]:
-        reply = requests.get(self.base + api, params={"access_token": self.token, **params})
-        assert reply.status_code == 200
-        return reply.json()
-
-    def mark(self, userid: str, ext: str, add: list[str] = (), remove: list[str] = ()) -> int:
-        body = {"userid": userid, "external_userid": ext, "add_tag": add, "remove_tag": remove}
-        return self.post("externalcontact/mark_tag", body)["errcode"]
-
-
-@pytest.fixture
-def seeded(sandbox: SandboxHandle, seed_dir: Path) -> SandboxHandle:
-    sandbox.seed(seed_dir)
-    return sandbox
-
-
-@pytest.fixture
-def wecom(seeded: SandboxHandle) -> WeCom:
-    return WeCom(seeded)
 
 
 def gettoken(handle: SandboxHandle, corpid: str, secret: str) -> dict[str, Any]:
@@ -322,25 +287,6 @@ def test_groupchat_list_get_and_join_ways(wecom: WeCom) -> None:
 # ---- mass messages ---------------------------------------------------------------------------
 
 
-def send_single(wecom: WeCom, sender: str, targets: list[str], text: str = "hi") -> dict[str, Any]:
-    body = {
-        "chat_type": "single",
-        "sender": sender,
-        "external_userid": targets,
-        "text": {"content": text},
-    }
-    reply = wecom.post("externalcontact/add_msg_template", body)
-    assert reply["errcode"] == 0
-    return reply
-
-
-def send_results(wecom: WeCom, msgid: str, userid: str) -> dict[str, int]:
-    reply = wecom.post(
-        "externalcontact/get_groupmsg_send_result", {"msgid": msgid, "userid": userid}
-    )
-    return {(r.get("external_userid") or r["chat_id"]): r["status"] for r in reply["send_list"]}
-
-
 def test_mass_message_waits_for_the_employee_then_sends(wecom: WeCom) -> None:
     sent = send_single(wecom, "mgr001", [C1, SEED_CONTACT_IDS[3], C3])
     assert sent["msgid"] and sent["fail_list"] == [C3]  # C3 is not mgr001's contact
@@ -366,7 +312,7 @@ def test_mass_message_waits_for_the_employee_then_sends(wecom: WeCom) -> None:
             == 0
         )
     over = wecom.post("externalcontact/remind_groupmsg_send", {"msgid": sent["msgid"]})
-    assert over["errcode"] == 45009
+    assert over["errcode"] == 41050  # not 45009: a client must not back off and retry it
     assert wecom.post("externalcontact/get_groupmsg_task", {"msgid": "nope"})["errcode"] == 40058
 
 
