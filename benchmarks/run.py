@@ -92,9 +92,8 @@ def _flows(work: Path, sample_small, sample_big, rate: int) -> dict:
     from prefect.testing.utilities import prefect_test_harness
 
     from siyu.blocks.environment import BLOCK_NAME, from_settings
-    from siyu.deployments.serve import ensure_concurrency_limits
     from siyu.flows.contacts_sync import contacts_sync
-    from siyu.flows.tag_sync import TagSyncParameters, tag_sync
+    from siyu.flows.tag_sync import tag_sync
     from siyu.sandbox.export_files import write_export
     from siyu.schemas.database import make_engine, upgrade
     from siyu.schemas.export import EXPORT_COLUMNS
@@ -105,13 +104,13 @@ def _flows(work: Path, sample_small, sample_big, rate: int) -> dict:
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     with prefect_test_harness(server_startup_timeout=120):
-        ensure_concurrency_limits()  # as `siyu up` does: the flows hold a real slot
         for label, sample, dry_run in (("push", sample_small, False), ("scale", sample_big, True)):
             home = work / f"home-{label}"
             (home / "landing").mkdir(parents=True)
             os.environ["SIYU_HOME"] = str(home)
             os.environ["SIYU_DATABASE_URL"] = f"sqlite:///{home / 'siyu.db'}"
             os.environ["SIYU_MOBILE_SALT"] = "bench-salt"
+            os.environ["SIYU_ENVIRONMENT"] = "embedded"  # the sandbox and sample data stand in
             export = Path(
                 shutil.copy(sample.export_path, home / "landing" / sample.export_path.name)
             )
@@ -137,11 +136,10 @@ def _flows(work: Path, sample_small, sample_big, rate: int) -> dict:
                 t = time.perf_counter()
                 contacts = contacts_sync(return_state=True)
                 contacts_s = time.perf_counter() - t
-                params = TagSyncParameters(
-                    export_file=str(export), business_date=DAY.strftime("%Y%m%d"), dry_run=dry_run
-                )
                 t = time.perf_counter()
-                state = tag_sync(params=params, return_state=True)
+                state = tag_sync(
+                    export_file=str(export), business_date=DAY, dry_run=dry_run, return_state=True
+                )
                 sync_s = time.perf_counter() - t
                 assert state.is_completed(), state.message
                 summary = state.result()
@@ -176,12 +174,7 @@ def _flows(work: Path, sample_small, sample_big, rate: int) -> dict:
                     again = write_export(
                         frame, home / "landing" / "core_export_rerun.csv", "csv-utf8"
                     )
-                    rerun = tag_sync(
-                        params=TagSyncParameters(
-                            export_file=str(again), business_date=DAY.strftime("%Y%m%d")
-                        ),
-                        return_state=True,
-                    )
+                    rerun = tag_sync(export_file=str(again), business_date=DAY, return_state=True)
                     calls_after = (
                         requests.get(f"{base}/sandbox/stats", timeout=10)
                         .json()["calls"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-from siyu.schemas.export import DEFAULT_BRANCHES, ExportLayout
+from siyu.schemas.export import DEFAULT_BRANCHES, CollapseLimits, Completeness, ExportLayout
 
 
 class ExportSource(Block):
@@ -47,6 +47,33 @@ class ExportSource(Block):
         description="Share of WeCom calls failing per contact above which the sync ends Failed",
     )
     timezone: str = Field(default="Asia/Shanghai", description="Time zone of the business date")
+    completeness: Completeness = Field(
+        default="stable_size",
+        description="How a landed export is known to be complete before it is read: "
+        "'marker' (a <file>.done or .ok beside it), 'control_total' (such a marker holding "
+        "the row count) or 'stable_size' (its size holds still over stable_seconds)",
+    )
+    stable_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="With 'stable_size': seconds the file must go unchanged before it is read",
+    )
+    collapse: CollapseLimits = Field(
+        default_factory=CollapseLimits,
+        description="When values that collapsed against the last accepted export block the sync",
+    )
+    data_docs_keep_days: int = Field(
+        default=30, ge=0, description="Days the Data Docs of a passed gate run are kept"
+    )
+    data_docs_keep_blocked: bool = Field(
+        default=True, description="Keep the Data Docs of every blocked run, whatever their age"
+    )
+    reports_base_url: str | None = Field(
+        default=None,
+        description="URL under which reports_dir is served (e.g. https://ops.bank/siyu-reports); "
+        "set it and the gate report links its Data Docs",
+    )
     mobile_salt: SecretStr = Field(
         description="Secret salt for hashing mobiles; changing it unbinds every contact"
     )

@@ -15,10 +15,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Set
+from collections.abc import Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import psutil
 
 HOST = "127.0.0.1"
 SANDBOX_START_SECONDS = 60.0
@@ -134,23 +136,45 @@ def _prepare_environment(prefect_url: str, sandbox_url: str) -> Path:
 
     Done before anything imports prefect, whose settings are read at import.
     """
-    from siyu.schemas.settings import Settings
+    from siyu.deployments.specs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+    from siyu.schemas.settings import (
+        EMBEDDED,
+        ENVIRONMENT_VARIABLE,
+        Settings,
+        keep_files_private,
+        make_private_dir,
+    )
 
-    home = Settings.from_env().home
-    for directory in (home, home / "sandbox", home / "prefect", home / "logs", home / "landing"):
-        directory.mkdir(parents=True, exist_ok=True)
+    # Everything siyu and its children write from here on (the database, Data Docs, the
+    # sandbox's state, logs) is for this user alone.
+    keep_files_private()
+    home = Settings.from_env().make_home()
+    for directory in (home / "sandbox", home / "logs", home / "landing"):
+        make_private_dir(directory)
     # Absolute, so flow runs started by serve() find the same home whatever their directory.
     os.environ["SIYU_HOME"] = str(home)
+    # `siyu up` is the embedded environment: a block not saved yet comes from SIYU_* defaults.
+    os.environ[ENVIRONMENT_VARIABLE] = EMBEDDED
     os.environ.setdefault("SIYU_WECOM_BASE_URL", f"{sandbox_url}/cgi-bin/")
+    prefect_home = os.environ.get("PREFECT_HOME")
+    if prefect_home:
+        print(f"Prefect home: {prefect_home} (PREFECT_HOME, as exported)", flush=True)
     os.environ.update(_prefect_environment(home, prefect_url))
+    make_private_dir(Path(os.environ["PREFECT_HOME"]))
+    # The pace the dead-run automation expects of every run served here.
+    os.environ[HEARTBEAT_VARIABLE] = str(HEARTBEAT_SECONDS)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     return home
 
 
 def _prefect_environment(home: Path, prefect_url: str) -> dict[str, str]:
-    """The Prefect settings the server and its clients share (SQLite in SIYU_HOME by default)."""
+    """The Prefect settings the server and its clients share (SQLite in SIYU_HOME by default).
+
+    An exported PREFECT_HOME is kept, not replaced: it is someone's choice of where Prefect's
+    database lives.
+    """
     return {
-        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_HOME": os.environ.get("PREFECT_HOME") or str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # The server needs the UI address to put run links into notifications.
         "PREFECT_UI_URL": prefect_url,
@@ -333,17 +357,22 @@ def _control(sandbox_url: str, method: str, path: str, body: dict | None = None)
 
 
 def _register_blocks(wecom_base_url: str) -> None:
-    """Save the blocks the flows load, the concurrency limit and the failure alert (defaults)."""
+    """Save the blocks the flows load, the limits, the dead-run detection and the failure alert."""
     from siyu.blocks.environment import register_blocks
     from siyu.deployments.alerts import ensure_alerts
-    from siyu.deployments.serve import ensure_concurrency_limits
+    from siyu.deployments.serve import prepare_server
     from siyu.schemas.settings import Settings
 
-    register_blocks(Settings.from_env(), wecom_base_url=wecom_base_url)
-    ensure_concurrency_limits()
+    env = register_blocks(Settings.from_env(), wecom_base_url=wecom_base_url)
+    prepare_server()
+    if env.wecom.shared_pacing:
+        from siyu.blocks.wecom import ensure_rate_limits
+
+        # Every flow run and worker then paces WeCom's per-API limits through these.
+        ensure_rate_limits(env.wecom)
     # The sandbox's group robot stands in for the ops team's; edit the block for the real one.
     ensure_alerts(f"{wecom_base_url}webhook/send?key={{{{key}}}}", robot_key=SANDBOX_ROBOT_KEY)
-    print("blocks, concurrency limit and failure alert: registered", flush=True)
+    print("blocks, concurrency limit, dead-run detection and failure alert: registered", flush=True)
 
 
 def crash_unfinished_runs(message: str) -> None:
@@ -441,69 +470,26 @@ def _stop_descendants(keep: Set[int] = frozenset()) -> None:
 
 def _terminate_all(pids: list[int], grace: float) -> None:
     """SIGTERM the pids, wait up to `grace` seconds, then SIGKILL the survivors."""
-    if not pids:
-        return
-    _signal_all(pids, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-        _reap()
-        time.sleep(0.1)
-    _signal_all([pid for pid in pids if _alive(pid)], signal.SIGKILL)
-    _reap()
-
-
-def _signal_all(pids: list[int], signum: int) -> None:
+    processes = []
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+        with contextlib.suppress(psutil.Error):
+            processes.append(psutil.Process(pid))
+    if not processes:
+        return
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    # wait_procs also reaps those that are our own children, so none lingers as a zombie.
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
 
 
-def _reap() -> None:
-    """Collect exited children of this process so they do not linger as zombies."""
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-
-
-def _alive(pid: int) -> bool:
-    """Whether pid is a running (not zombie) process."""
-    state = _proc_state(pid)
-    return state is not None and state != "Z"
-
-
-def _proc_state(pid: int) -> str | None:
+def descendants(pid: int) -> set[int]:
+    """Every process below pid in the process tree (none if pid is gone)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # The command name in parentheses may contain spaces: split after its closing bracket.
-    return stat.rsplit(")", 1)[1].split()[0]
-
-
-def _parent_pids() -> Iterator[tuple[int, int]]:
-    """(pid, parent pid) of every process, from /proc (Linux; nothing elsewhere)."""
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        yield int(entry.name), int(fields[1])
-
-
-def descendants(
-    pid: int, parents: Callable[[], Iterator[tuple[int, int]]] = _parent_pids
-) -> set[int]:
-    """Every process below pid in the process tree."""
-    children: dict[int, list[int]] = {}
-    for child, parent in parents():
-        children.setdefault(parent, []).append(child)
-    found: set[int] = set()
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.Error:
+        return set()

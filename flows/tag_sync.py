@@ -2,127 +2,186 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from prefect import flow
-from prefect.concurrency.sync import concurrency
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 from siyu.blocks.environment import Environment, load_environment
-from siyu.tasks.contacts import CONTACT_STATE_LIMIT
+from siyu.blocks.tag_rules import TagRulesInvalid
+from siyu.schemas.tag_rules import TagRuleSet
 from siyu.tasks.export_registry import ACCEPTED, SYNCED
 from siyu.tasks.outbox import DrainReport
-from siyu.tasks.reports import SyncSummary, record_push
+from siyu.tasks.quality import GateResult
+from siyu.tasks.reports import ALREADY_SYNCED, BLOCKED, DRY_RUN, SyncSummary, record_push
 from siyu.tasks.tag_sync import (
+    MARK_TAG_API,
+    ExportNotFound,
     ReceivedExport,
+    RequestTally,
+    find_export,
     gate_export,
     plan_tag_changes,
     push_tags,
     receive_export,
     report_tag_sync,
+    retire_tags,
 )
 
+# The export-source block's own default; a run can set another for itself.
+DEFAULT_ROW_FAILURE_THRESHOLD = 0.01
 
-class TagSyncParameters(BaseModel):
-    """What ops can set when they run the tag sync by hand."""
 
-    export_file: str | None = Field(
-        default=None,
-        description="Export file to sync; default: the newest file in the landing directory",
-    )
-    dry_run: bool = Field(
-        default=False, description="Compute and report the difference, send nothing to WeCom"
-    )
-    business_date: str | None = Field(
-        default=None,
-        pattern=r"^\d{8}$",
-        description="Expected export date YYYYMMDD; default: today in Asia/Shanghai",
-    )
-    row_failure_threshold: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Share of quarantined rows above which the whole sync blocks (default 0.01)",
-    )
+def parse_business_date(value: Any) -> Any:
+    """Accept the bank's YYYYMMDD beside ISO dates, and refuse a non-date in words."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            if re.fullmatch(r"\d{8}", text):
+                return datetime.strptime(text, "%Y%m%d").date()
+            return date.fromisoformat(text)
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not a calendar date: write the export's business date as "
+                "YYYY-MM-DD (e.g. 2026-11-24) or YYYYMMDD, or leave it empty for today"
+            ) from None
+    return value
+
+
+# The form shows one date picker, left empty for today (a nullable type would show a
+# "date or null" switch first); a run started without it still means today.
+BusinessDate = Annotated[
+    date | None,
+    BeforeValidator(parse_business_date),
+    WithJsonSchema({"type": "string", "format": "date"}),
+]
+Share = Annotated[float, Field(ge=0, le=1)]
 
 
 @flow(name="tag-sync", persist_result=False, log_prints=False)
-def tag_sync(params: TagSyncParameters | None = None) -> State:
+def tag_sync(
+    export_file: str = "",
+    dry_run: bool = False,
+    business_date: BusinessDate = None,
+    row_failure_threshold: Share = DEFAULT_ROW_FAILURE_THRESHOLD,
+) -> State:
     """Sync tags from the core-banking export to WeCom contacts, sending only the difference.
 
     Args:
-        params: which export, dry run, business date and quarantine threshold.
+        export_file: Export file to sync; empty means the newest file in the landing directory.
+        dry_run: Compute and report what the current rules would change, send and store nothing
+            (also on an export that is already synced: a preview of edited rules).
+        business_date: The date the export must be of; empty means today in Asia/Shanghai.
+        row_failure_threshold: Share of quarantined rows (0 to 1) above which the sync blocks.
     """
-    params = params or TagSyncParameters()
     env = load_environment()
-    received = receive_export(env.export_source, env.database, params.export_file)
+    expected = business_date or datetime.now(ZoneInfo(env.export_source.timezone)).date()
+    try:
+        rules = env.tag_rules.rule_set  # before the export is touched: a bad edit stops here
+    except TagRulesInvalid as exc:
+        return Failed(message=f"tag-sync did not start: {exc}")
+    try:
+        path = find_export(env.export_source, export_file or None)
+    except ExportNotFound as refused:  # said in words, without a traceback: nothing was read
+        return Failed(message=f"tag-sync did not start: {refused}")
+    received = receive_export(env.export_source, env.database, path)
     record = received.record
-    summary = SyncSummary(export_file=received.path.name, export_date=None, dry_run=params.dry_run)
-    if record.status == SYNCED:
+    summary = SyncSummary(
+        export_file=received.path.name, export_date=expected.isoformat(), dry_run=dry_run
+    )
+    if record.status == SYNCED and record.export_date not in (None, expected):
+        summary.outcome = BLOCKED
         summary.message = (
-            f"{received.path.name} was already synced (export #{record.id}): nothing to do"
+            f"{record.label} was synced as the export of {record.export_date.isoformat()}, "
+            f"not of {expected.isoformat()} - if this is the file you meant, set business_date "
+            f"to {record.export_date.isoformat()}; otherwise wait for the export of "
+            f"{expected.isoformat()} to land and rerun tag-sync"
         )
+        report_tag_sync(env.database, record, summary, finished=False)
+        return Failed(message=summary.message)
+    if record.status == SYNCED and not dry_run:
+        summary.outcome = ALREADY_SYNCED
+        summary.message = f"{record.label} was already synced: nothing to do"
         report_tag_sync(env.database, record, summary, finished=False)
         return Completed(message=summary.message, data=summary.as_dict())
 
-    # Never while contacts-sync rewrites contacts; a killed run's 60 s lease lapses on its own.
-    with concurrency(CONTACT_STATE_LIMIT, occupy=1, lease_duration=60):
-        return _gate_plan_push(params, env, received, summary)
+    # No Prefect slot is held: a concurrent run or contacts-sync is safe because every outbox
+    # entry is claimed atomically and contacts-sync re-applies what a push settles meanwhile. A
+    # held slot would outlive a killed run and stall every later sync.
+    return _gate_plan_push(env, rules, received, summary, expected, row_failure_threshold, dry_run)
 
 
 def _gate_plan_push(
-    params: TagSyncParameters, env: Environment, received: ReceivedExport, summary: SyncSummary
+    env: Environment,
+    rules: TagRuleSet,
+    received: ReceivedExport,
+    summary: SyncSummary,
+    expected: date,
+    row_failure_threshold: float,
+    dry_run: bool,
 ) -> State:
-    """The sync proper: finish an interrupted push, gate, plan, push, report."""
+    """The sync proper: finish an interrupted push, gate, plan, push, retire, report."""
     record = received.record
+    tally = RequestTally()
     resumed = DrainReport()
-    if record.status == ACCEPTED and not params.dry_run:
+    if record.status == ACCEPTED and not dry_run:
         # A push of this export was cut short: finish it before anything else.
-        resumed = push_tags(env.wecom, env.database, record.batch)
+        resumed = push_tags(env.wecom, env.database, record.batch, tally)
 
-    business_date = _business_date(params.business_date, env.export_source.timezone)
-    summary.export_date = business_date.isoformat()
-    gate = gate_export(
-        env.export_source, env.database, received, business_date, params.row_failure_threshold
-    )
+    gate = gate_export(env.export_source, env.database, received, expected, row_failure_threshold)
     summary.checks_total = len(gate.checks)
     summary.checks_failed = sum(not c.passed for c in gate.checks)
     summary.rows_read = len(gate.accepted) + len(gate.quarantined)
     summary.rows_accepted = len(gate.accepted)
     summary.rows_quarantined = len(gate.quarantined)
     if not gate.passed:
-        summary.message = gate.message
+        summary.outcome = BLOCKED
+        summary.message = blocked_message(received.path.name, gate)
         report_tag_sync(env.database, record, summary, finished=False)
-        return Failed(message=gate.message, data=summary.as_dict())
+        # A message only: Prefect cannot turn a Failed state's dict data into an exception.
+        return Failed(message=summary.message)
 
     plan = plan_tag_changes(
-        env.wecom,
-        env.database,
-        env.export_source,
-        env.tag_rules.rule_set,
-        record,
-        gate.accepted,
-        summary,
+        env.wecom, env.database, env.export_source, rules, record, gate.accepted, summary
     )
-    if params.dry_run:
+    if dry_run:
+        summary.outcome = DRY_RUN
+        retiring = len(plan.catalog.retired)
         summary.message = (
-            f"dry run: {summary.pairs_changed:,} contact pairs would change "
-            f"(+{summary.tags_added:,} / -{summary.tags_removed:,} tags); nothing was sent"
+            f"dry run of {received.path.name}: {summary.pairs_changed:,} contact pairs would "
+            f"change (+{summary.tags_added:,} / -{summary.tags_removed:,} tags)"
+            + (f", {retiring} retired tags would be removed and deleted" if retiring else "")
+            + "; nothing was sent or stored"
         )
         report_tag_sync(env.database, record, summary, finished=False)
         return Completed(message=summary.message, data=summary.as_dict())
 
-    pushed = resumed.merge(push_tags(env.wecom, env.database, plan.batch))
-    too_many_refused = record_push(summary, pushed, env.export_source.row_error_threshold)
+    pushed = resumed.merge(push_tags(env.wecom, env.database, plan.batch, tally))
+    summary.tags_retired = retire_tags(env.wecom, env.database, plan.catalog)
+    too_many_refused = record_push(
+        summary,
+        pushed,
+        env.export_source.row_error_threshold,
+        requests=tally.get(MARK_TAG_API),
+    )
     report_tag_sync(env.database, record, summary, finished=True)
     if too_many_refused:
-        return Failed(message=summary.message, data=summary.as_dict())
+        return Failed(message=summary.message)
     return Completed(message=summary.message, data=summary.as_dict())
 
 
-def _business_date(given: str | None, timezone: str) -> date:
-    if given:
-        return datetime.strptime(given, "%Y%m%d").date()
-    return datetime.now(ZoneInfo(timezone)).date()
+def blocked_message(file_name: str, gate: GateResult) -> str:
+    """The gate's reason, naming the file, and saying so when business_date is the likely fix."""
+    message = f"{file_name}: {gate.message}"
+    if any(not c.passed and "date" in c.name for c in gate.checks):
+        message += (
+            " - if the file is right and only the date differs, rerun tag-sync with "
+            "business_date set to the export's date"
+        )
+    return message

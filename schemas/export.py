@@ -18,11 +18,13 @@ class ExportColumn:
     field: str
     kind: ColumnKind
     personal: bool = False
+    # Required columns must carry values: one empty on every row blocks the export.
+    required: bool = True
 
 
 EXPORT_COLUMNS: tuple[ExportColumn, ...] = (
     ExportColumn("客户号", "customer_id", "string"),
-    ExportColumn("姓名", "name", "pii", personal=True),
+    ExportColumn("姓名", "name", "pii", personal=True, required=False),
     ExportColumn("手机号", "mobile", "mobile", personal=True),
     ExportColumn("开户机构", "branch_code", "branch"),
     ExportColumn("客户类型", "customer_class", "class"),
@@ -78,3 +80,53 @@ class ExportLayout(BaseModel):
         if self.format == "parquet":
             return {f: f for f in FIELDS}
         return {h: f for f, h in self.headers.items()}
+
+
+# How siyu decides an export has been completely written before reading it:
+#   marker         a done-marker beside it (<file>.done / .ok, or <stem>.done / .ok)
+#   control_total  such a marker whose content is the file's row count, checked after reading
+#   stable_size    no marker: the size and mtime must hold still over a short wait
+Completeness = Literal["marker", "control_total", "stable_size"]
+MARKER_SUFFIXES: tuple[str, ...] = (".done", ".ok")
+
+
+class CollapseLimits(BaseModel):
+    """When an export's values collapsed against the last accepted one: the gate then blocks."""
+
+    max_empty_share_rise: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Block when a column's share of empty values rises by more than this "
+        "(0.5: from 2 % empty to over 52 %)",
+    )
+    max_zero_share_rise: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Block when an amount column's share of zeros rises by more than this",
+    )
+    flag_mixed_share: float = Field(
+        default=0.01,
+        ge=0,
+        le=0.5,
+        description="A flag counts as mixed when both answers were on at least this share of rows",
+    )
+    flag_collapse_ratio: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Block when an answer of a mixed flag falls below this fraction of its "
+        "previous share (0.1: 30 % 是 -> under 3 %)",
+    )
+    aum_plausible_max: float = Field(
+        default=1e10,
+        gt=0,
+        description="Largest plausible AUM or peak AUM of one customer, in yuan; any above blocks",
+    )
+    aum_median_factor: float = Field(
+        default=10.0,
+        gt=1,
+        description="Block when the median AUM moves by more than this factor either way "
+        "(a unit change: fen for yuan is 100)",
+    )

@@ -19,6 +19,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Explicit constraint names: SQLite and PostgreSQL would otherwise name them differently (or not
@@ -81,6 +82,9 @@ class Export(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     file_name: Mapped[str] = mapped_column(String(255))
     checksum: Mapped[str] = mapped_column(String(64), index=True)  # sha256 hex of the file
+    # The checksum while the record is the live one of its content (not blocked): unique, so two
+    # runs of one file started together share one record and one outbox batch.
+    live_checksum: Mapped[str | None] = mapped_column(String(64), unique=True)
     export_date: Mapped[dt.date | None] = mapped_column(Date)
     row_count: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))  # received, blocked, accepted, synced
@@ -121,6 +125,9 @@ class Contact(Base):
     unreachable_code: Mapped[int | None] = mapped_column(Integer)
     customer_id: Mapped[str | None] = mapped_column(String(64), index=True)
     seen_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
+    # When WeCom stopped listing the pair (the customer deleted the employee); None while listed.
+    # The row stays, so later tables (cohorts, sends) can keep referring to the contact.
+    left_at: Mapped[dt.datetime | None] = mapped_column()
 
 
 class ContactMobile(Base):
@@ -161,11 +168,15 @@ class OutboxEntry(Base):
     """One side effect on the outside world, written before the call and settled after it."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index(None, "batch", "status"),)
+    __table_args__ = (Index(None, "batch", "status"), Index(None, "plan", "status"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    key: Mapped[str] = mapped_column(String(64), unique=True)  # deterministic idempotency key
+    # The business identity of the call (what is sent to whom for which step), never a payload
+    # hash: a text edited between a crash and its rerun must find the entry it already has.
+    key: Mapped[str] = mapped_column(String(255), unique=True)
     kind: Mapped[str] = mapped_column(String(32))  # mark_tag; later message, reward
+    # The plan whose newer batches replace its older pending entries, e.g. tag-sync.
+    plan: Mapped[str] = mapped_column(String(128))
     batch: Mapped[str] = mapped_column(String(128), index=True)  # e.g. tag-sync:export:12
     target: Mapped[str] = mapped_column(String(160))  # e.g. userid/external_userid
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -174,6 +185,21 @@ class OutboxEntry(Base):
     errcode: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(String(255))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Who holds a `sending` entry and since when: another drain leaves it alone until the claim
+    # is older than the in-flight window (a slow reply is not a lost one).
+    claimed_at: Mapped[dt.datetime | None] = mapped_column()
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(default=utc_now)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utc_now, onupdate=utc_now)
     sent_at: Mapped[dt.datetime | None] = mapped_column()
+
+
+def insert_or_update(dialect_name: str, model: type[Base]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of `model` that can take ON CONFLICT clauses, on SQLite and PostgreSQL alike."""
+    if dialect_name == "postgresql":
+        return postgresql.insert(model)
+    if dialect_name == "sqlite":
+        return sqlite.insert(model)
+    raise ValueError(f"siyu runs on SQLite or PostgreSQL, not {dialect_name}")
+
+

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 # WeCom caps tag and tag-group names (reported 30 characters; keep it here, in one place).
 NAME_MAX = 30
 # Desired and synced tags are compared as bit sets (one bit per managed tag), see tasks/tagging.py.
 MAX_MANAGED_TAGS = 64
 
-TagName = Annotated[str, Field(min_length=1, max_length=NAME_MAX)]
+# A yuan amount no bank customer reaches: a typo with three zeros too many is refused.
+MAX_YUAN = 1e12
+
+TagName = Annotated[
+    str, Field(min_length=1, max_length=NAME_MAX, description="WeCom tag name, 1-30 characters")
+]
+GroupName = Annotated[
+    str,
+    Field(min_length=1, max_length=NAME_MAX, description="WeCom tag group the tags live in"),
+]
 
 
 class RangeTag(BaseModel):
     """A tag for values in [low, high): high None means no upper bound."""
 
+    model_config = ConfigDict(title="Range tag", extra="forbid")
+
     name: TagName
-    low: float = Field(ge=0, description="Inclusive lower bound, yuan")
-    high: float | None = Field(default=None, description="Exclusive upper bound, yuan; none = open")
+    low: float = Field(ge=0, le=MAX_YUAN, description="Inclusive lower bound, yuan")
+    high: float | None = Field(
+        default=None, gt=0, le=MAX_YUAN, description="Exclusive upper bound, yuan; empty = open"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> RangeTag:
@@ -31,14 +44,18 @@ class RangeTag(BaseModel):
 class RangeRule(BaseModel):
     """Tags by a money column: each customer gets the tags whose ranges hold the value."""
 
-    kind: Literal["range"] = "range"
-    group: TagName = Field(description="WeCom tag group the tags live in")
+    model_config = ConfigDict(title="Range rule (by an amount)", extra="forbid")
+
+    kind: Literal["range"] = Field(default="range", description="Rule kind: range")
+    group: GroupName
     field: Literal["aum", "aum_peak"] = Field(description="Export column the ranges apply to")
-    tags: list[RangeTag] = Field(min_length=1)
+    tags: list[RangeTag] = Field(min_length=1, description="One tag per range")
 
 
 class FlagTag(BaseModel):
     """A tag carried when a product or payroll flag is set."""
+
+    model_config = ConfigDict(title="Flag tag", extra="forbid")
 
     name: TagName
     field: Literal[
@@ -48,19 +65,23 @@ class FlagTag(BaseModel):
         "holds_insurance",
         "holds_loan",
         "holds_credit_card",
-    ]
+    ] = Field(description="Yes/no export column that sets the tag")
 
 
 class FlagRule(BaseModel):
     """Tags by yes/no columns: one tag per flag that is set."""
 
-    kind: Literal["flag"] = "flag"
-    group: TagName
-    tags: list[FlagTag] = Field(min_length=1)
+    model_config = ConfigDict(title="Flag rule (by yes/no columns)", extra="forbid")
+
+    kind: Literal["flag"] = Field(default="flag", description="Rule kind: flag")
+    group: GroupName
+    tags: list[FlagTag] = Field(min_length=1, description="One tag per flag column")
 
 
 class ValueTag(BaseModel):
     """A tag carried when a column holds one exact value."""
+
+    model_config = ConfigDict(title="Value tag", extra="forbid")
 
     name: TagName
     value: str = Field(min_length=1, description="The value as the export writes it, e.g. 直营")
@@ -69,10 +90,14 @@ class ValueTag(BaseModel):
 class ValueRule(BaseModel):
     """Tags by a categorical column (customer class, branch)."""
 
-    kind: Literal["value"] = "value"
-    group: TagName
-    field: Literal["customer_class", "branch_code"]
-    tags: list[ValueTag] = Field(min_length=1)
+    model_config = ConfigDict(title="Value rule (by a category)", extra="forbid")
+
+    kind: Literal["value"] = Field(default="value", description="Rule kind: value")
+    group: GroupName
+    field: Literal["customer_class", "branch_code"] = Field(
+        description="Export column whose value sets the tag"
+    )
+    tags: list[ValueTag] = Field(min_length=1, description="One tag per value")
 
 
 TagRule = Annotated[RangeRule | FlagRule | ValueRule, Field(discriminator="kind")]
@@ -81,7 +106,11 @@ TagRule = Annotated[RangeRule | FlagRule | ValueRule, Field(discriminator="kind"
 class TagRuleSet(BaseModel):
     """The whole rule set. siyu manages exactly the tag groups named here and no others."""
 
-    rules: list[TagRule] = Field(min_length=1)
+    model_config = ConfigDict(title="Tag rules", extra="forbid")
+
+    rules: list[TagRule] = Field(
+        min_length=1, description="Each rule: a kind (range, flag or value), a group and its tags"
+    )
 
     @model_validator(mode="after")
     def _names_unique(self) -> TagRuleSet:
@@ -103,6 +132,41 @@ class TagRuleSet(BaseModel):
     def groups(self) -> list[str]:
         """Managed tag group names, in order, without repeats."""
         return list(dict.fromkeys(rule.group for rule in self.rules))
+
+
+def rule_errors_in_words(data: Any, exc: ValidationError) -> str:
+    """A rule set's validation errors as ops read them: which rule, which field, what is wrong.
+
+    "rule 2 (group 资产等级): kind 'rnage' is not one of 'range', 'flag', 'value'".
+    """
+    rules = data.get("rules") if isinstance(data, dict) else None
+    lines = []
+    for error in exc.errors():
+        loc = list(error["loc"])
+        where = "the rule set"
+        if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+            index = loc[1]
+            rule = rules[index] if isinstance(rules, list) and index < len(rules) else None
+            group = rule.get("group") if isinstance(rule, dict) else None
+            where = f"rule {index + 1}" + (f" (group {group})" if group else "")
+            loc = loc[2:]
+            if loc and loc[0] in ("range", "flag", "value"):
+                loc = loc[1:]  # the union's branch name, already implied by the rule's kind
+        words = [
+            f"tag {p + 1}" if isinstance(p, int) else str(p)
+            for i, p in enumerate(loc)
+            if not (p == "tags" and i + 1 < len(loc) and isinstance(loc[i + 1], int))
+        ]
+        path = " ".join(words)
+        if error["type"] == "union_tag_invalid":
+            ctx = error.get("ctx", {})
+            what = f"kind {ctx.get('tag')!r} is not one of {ctx.get('expected_tags')}"
+        elif error["type"] == "union_tag_not_found":
+            what = "it has no kind (one of 'range', 'flag', 'value')"
+        else:
+            what = error["msg"][0].lower() + error["msg"][1:]
+        lines.append(f"{where}: {path + ': ' if path else ''}{what}")
+    return "; ".join(lines)
 
 
 WAN = 10_000.0  # 万: ten thousand yuan

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -14,17 +14,18 @@ from sqlalchemy.orm import Session
 
 from siyu.blocks.database import SiyuDatabase
 from siyu.blocks.export_source import ExportSource
-from siyu.blocks.wecom import WeComApp
-from siyu.blocks.wecom_client import WeComClient
+from siyu.blocks.wecom import WeComApp, WeComClient
 from siyu.schemas.export import MOBILE_PATTERN
-from siyu.schemas.models import Contact, ContactMobile, SyncedTag
+from siyu.schemas.models import Contact, ContactMobile, SyncedTag, UtcDateTime, insert_or_update
 from siyu.tasks.matching import hash_mobiles
+from siyu.tasks.tag_push import reapply_tag_changes_since
 
-# contacts-sync rewrites the stored view of contacts and their tags; a tag push updates it call by
-# call. The two must not interleave: both flows hold this Prefect global concurrency limit (1 slot).
-CONTACT_STATE_LIMIT = "siyu-contact-state"
 NO_RELATION = 84061  # WeCom's code for "the customer deleted the employee"
 FOLLOW_COLUMNS = ["userid", "external_userid", "state", "add_way", "added_at"]
+# Tag changes settled this long before a pull began are re-applied too: the pull and the push may
+# run on machines whose clocks differ a little, and re-applying a change WeCom shows is harmless.
+CLOCK_SKEW = timedelta(minutes=2)
+_CHUNK = 5_000
 
 
 @dataclass
@@ -35,10 +36,12 @@ class ContactPull:
     mobiles: pd.DataFrame  # userid, external_userid, mobile_hash
     tags: pd.DataFrame  # userid, external_userid, tag_id
     employees: int
+    started_at: datetime  # when the pull began: WeCom's view may predate anything settled since
 
 
 def pull_contacts(client: WeComClient, salt: bytes) -> ContactPull:
     """Read every follow relation, hashing remark mobiles as they arrive (raw ones are not kept)."""
+    started_at = datetime.now(UTC)
     userids = client.get_follow_user_list()
     follows: list[tuple] = []
     mobile_pairs: list[tuple[str, str]] = []
@@ -73,6 +76,7 @@ def pull_contacts(client: WeComClient, salt: bytes) -> ContactPull:
         mobiles=mobiles.reset_index(drop=True),
         tags=pd.DataFrame(tags, columns=["userid", "external_userid", "tag_id"]).drop_duplicates(),
         employees=len(userids),
+        started_at=started_at,
     )
 
 
@@ -88,65 +92,135 @@ class ContactsStored:
 
 
 def store_contacts(engine: sa.Engine, pull: ContactPull) -> ContactsStored:
-    """Make our view of contacts, their mobile hashes and their tags what WeCom says now."""
+    """Make our view of contacts, their mobile hashes and their tags what WeCom says now.
+
+    Contacts are upserted, never deleted: a pair WeCom no longer lists is kept, unreachable, with
+    the time it left, so later tables can go on referring to it, and its customer binding stays.
+    Mobiles and synced tags change only where WeCom's view differs. Tag changes the outbox
+    settled while the pull ran are applied again on top of WeCom's view, which may predate them.
+    """
     now = datetime.now(UTC)
     listed = pull.follows
     with Session(engine) as session, session.begin():
-        known = {(c.userid, c.external_userid): c for c in session.scalars(sa.select(Contact))}
-        session.expunge_all()
+        connection = session.connection()
+        dialect = connection.dialect.name
+        was_reachable = {
+            (u, x): reachable
+            for u, x, reachable in connection.execute(
+                sa.select(Contact.userid, Contact.external_userid, Contact.reachable)
+            )
+        }
         listed_keys = set(zip(listed["userid"], listed["external_userid"], strict=True))
-        rows = [
-            {
-                "userid": r.userid,
-                "external_userid": r.external_userid,
-                "state": r.state,
-                "add_way": None if pd.isna(r.add_way) else int(r.add_way),
-                "added_at": None if pd.isna(r.added_at) else r.added_at,
-                "reachable": True,
-                "unreachable_code": None,
-                "customer_id": getattr(
-                    known.get((r.userid, r.external_userid)), "customer_id", None
-                ),
-                "seen_at": now,
-            }
-            for r in listed.itertuples(index=False)
-        ]
-        # Pairs WeCom no longer lists: the customer deleted the employee. Kept, unreachable.
-        gone = [c for key, c in known.items() if key not in listed_keys]
-        rows += [
-            {
-                "userid": c.userid,
-                "external_userid": c.external_userid,
-                "state": c.state,
-                "add_way": c.add_way,
-                "added_at": c.added_at,
-                "reachable": False,
-                "unreachable_code": c.unreachable_code or NO_RELATION,
-                "customer_id": c.customer_id,
-                "seen_at": c.seen_at,
-            }
-            for c in gone
-        ]
-        session.execute(sa.delete(Contact))
-        _insert(session, Contact, rows)
-        session.execute(sa.delete(ContactMobile))
-        _insert(session, ContactMobile, pull.mobiles.to_dict("records"))
-        session.execute(sa.delete(SyncedTag))
-        _insert(session, SyncedTag, pull.tags.assign(synced_at=now).to_dict("records"))
-    new_pairs = len(listed_keys - set(known))
-    gone_pairs = sum(1 for c in gone if c.reachable)
+        _upsert_listed(connection, dialect, listed, now)
+        gone = [key for key in was_reachable if key not in listed_keys]
+        _mark_gone(connection, gone, now)
+        _replace_rows(
+            connection,
+            dialect,
+            ContactMobile,
+            pull.mobiles[["userid", "external_userid", "mobile_hash"]],
+            keys=["userid", "external_userid", "mobile_hash"],
+        )
+        _replace_rows(
+            connection,
+            dialect,
+            SyncedTag,
+            pull.tags[["userid", "external_userid", "tag_id"]].assign(synced_at=now),
+            keys=["userid", "external_userid", "tag_id"],
+        )
+        reapply_tag_changes_since(session, pull.started_at - CLOCK_SKEW)
     return ContactsStored(
         employees=pull.employees,
         pairs=len(pull.follows),
         pairs_with_mobile=len(pull.mobiles[["userid", "external_userid"]].drop_duplicates()),
-        new_pairs=new_pairs,
-        gone_pairs=gone_pairs,
+        new_pairs=len(listed_keys - set(was_reachable)),
+        gone_pairs=sum(1 for key in gone if was_reachable[key]),
     )
 
 
-def _insert(session: Session, model, rows: list[dict]) -> None:
-    for start in range(0, len(rows), 5_000):
-        session.execute(sa.insert(model), rows[start : start + 5_000])
+def _upsert_listed(
+    connection: sa.Connection, dialect: str, listed: pd.DataFrame, now: datetime
+) -> None:
+    """Insert new pairs, refresh known ones; a pair listed again is reachable again."""
+    rows = [
+        {
+            "userid": r.userid,
+            "external_userid": r.external_userid,
+            "state": r.state,
+            "add_way": None if pd.isna(r.add_way) else int(r.add_way),
+            "added_at": None if pd.isna(r.added_at) else r.added_at,
+            "reachable": True,
+            "unreachable_code": None,
+            "seen_at": now,
+            "left_at": None,
+        }
+        for r in listed.itertuples(index=False)
+    ]
+    insert = insert_or_update(dialect, Contact)
+    # customer_id is not in the update: the binding tag-sync made stays with the pair.
+    upsert = insert.on_conflict_do_update(
+        index_elements=["userid", "external_userid"],
+        set_={
+            name: insert.excluded[name]
+            for name in (
+                "state",
+                "add_way",
+                "added_at",
+                "reachable",
+                "unreachable_code",
+                "seen_at",
+                "left_at",
+            )
+        },
+    )
+    for start in range(0, len(rows), _CHUNK):
+        connection.execute(upsert, rows[start : start + _CHUNK])
+
+
+def _mark_gone(connection: sa.Connection, gone: list[tuple[str, str]], now: datetime) -> None:
+    """Pairs WeCom no longer lists: the customer deleted the employee. Kept, unreachable."""
+    if not gone:
+        return
+    mark = (
+        sa.update(Contact)
+        .where(Contact.userid == sa.bindparam("u"), Contact.external_userid == sa.bindparam("x"))
+        .values(
+            reachable=False,
+            unreachable_code=sa.func.coalesce(Contact.unreachable_code, NO_RELATION),
+            left_at=sa.func.coalesce(Contact.left_at, sa.bindparam("now", type_=UtcDateTime())),
+        )
+    )
+    params = [{"u": u, "x": x, "now": now} for u, x in gone]
+    for start in range(0, len(params), _CHUNK):
+        connection.execute(mark, params[start : start + _CHUNK])
+
+
+def _replace_rows(
+    connection: sa.Connection, dialect: str, model, wanted: pd.DataFrame, *, keys: list[str]
+) -> None:
+    """Make `model`'s table hold exactly `wanted` (by `keys`), touching only the rows that differ."""
+    table = model.__table__
+    current = pd.DataFrame(
+        connection.execute(sa.select(*(table.c[k] for k in keys))).all(), columns=keys
+    )
+    wanted = wanted.drop_duplicates(keys)
+    both = current.merge(wanted[keys], on=keys, how="outer", indicator=True)
+    stale = both.loc[both["_merge"] == "left_only", keys]
+    if not stale.empty:
+        delete = sa.delete(table).where(*(table.c[k] == sa.bindparam(f"k_{k}") for k in keys))
+        params = [
+            {f"k_{k}": v for k, v in zip(keys, row, strict=True)}
+            for row in stale.itertuples(index=False)
+        ]
+        for start in range(0, len(params), _CHUNK):
+            connection.execute(delete, params[start : start + _CHUNK])
+    fresh = wanted.merge(both.loc[both["_merge"] == "right_only", keys], on=keys)
+    if not fresh.empty:
+        # A tag push may add the same row at this moment: that is agreement, not a conflict.
+        insert = insert_or_update(dialect, model).on_conflict_do_nothing(index_elements=keys)
+        rows = fresh.to_dict("records")
+        for start in range(0, len(rows), _CHUNK):
+            connection.execute(insert, rows[start : start + _CHUNK])
 
 
 @task(name="pull and store contacts", persist_result=False, cache_policy=NO_CACHE)

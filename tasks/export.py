@@ -1,10 +1,14 @@
-"""Find the newest core-banking export and load it into a typed frame, noting its problems."""
+"""Find the export inside the landing directory, wait until it is whole, load it into a typed frame."""
 
 from __future__ import annotations
 
 import codecs
 import csv
 import hashlib
+import os
+import re
+import stat
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,9 +26,12 @@ from siyu.schemas.export import (
     EXPORT_COLUMNS,
     FLAG_FALSE,
     FLAG_TRUE,
+    MARKER_SUFFIXES,
+    Completeness,
     ExportColumn,
     ExportLayout,
 )
+from siyu.schemas.export_suite import check_named
 
 EXPORT_GLOBS: tuple[str, ...] = ("core_export_*.csv", "core_export_*.parquet")
 
@@ -64,6 +71,13 @@ class LoadProblem:
 
     check: str
     message: str
+
+    def __post_init__(self) -> None:
+        check_named(self.check)  # a misspelt check name fails here, not silently in the report
+
+
+class ExportRefused(ValueError):
+    """A named export siyu will not read: outside the landing directory, missing, not a file."""
 
 
 @dataclass
@@ -105,13 +119,122 @@ def newest_export(landing_dir: Path) -> Path | None:
     return max(found, key=lambda p: (p.stem, p.stat().st_mtime, p.name))
 
 
-def load_export(path: Path, layout: ExportLayout = ExportLayout()) -> LoadedExport:
+def resolve_export_path(landing_dir: Path, export_file: str) -> Path:
+    """The named export as a regular file inside the landing directory, or ExportRefused.
+
+    A relative name is taken inside the landing directory; links are resolved before the
+    check, so nothing outside it (/etc/shadow, ../.., /proc/self/environ) is ever opened.
+    """
+    landing = Path(landing_dir).resolve()
+    given = Path(export_file)
+    resolved = (given if given.is_absolute() else landing / given).resolve()
+    if not resolved.is_relative_to(landing):
+        raise ExportRefused(
+            f"export file {export_file} is outside the landing directory {landing} - siyu "
+            "reads exports only from there: copy the file into it and rerun"
+        )
+    try:
+        mode = resolved.stat().st_mode
+    except FileNotFoundError:
+        raise ExportRefused(
+            f"export file {export_file} does not exist in the landing directory - check the "
+            "name and rerun"
+        ) from None
+    except OSError as error:
+        raise ExportRefused(
+            f"export file {export_file} cannot be examined ({error.strerror}) - check its "
+            "permissions and rerun"
+        ) from None
+    if stat.S_ISDIR(mode):
+        raise ExportRefused(
+            f"export file {export_file} is a directory, not an export file - name a file in it"
+        )
+    if not stat.S_ISREG(mode):
+        raise ExportRefused(
+            f"export file {export_file} is not a regular file (a pipe, socket or device) - "
+            "siyu reads only complete files that have landed"
+        )
+    return resolved
+
+
+def marker_of(path: Path) -> Path | None:
+    """The done-marker beside an export (<file>.done/.ok or <stem>.done/.ok), if one is there."""
+    for suffix in MARKER_SUFFIXES:
+        for candidate in (path.with_name(path.name + suffix), path.with_suffix(suffix)):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def control_total(marker: Path) -> int | None:
+    """The row count a control-total marker states (its first whole number), if any."""
+    found = re.search(rb"\d+", marker.read_bytes()[:4096])
+    return int(found.group()) if found else None
+
+
+def completeness_problem(
+    path: Path,
+    completeness: Completeness,
+    stable_seconds: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.time,
+) -> LoadProblem | None:
+    """Whether the export is completely written, decided before it is read.
+
+    With a marker, its presence; without, the size and mtime must hold still for
+    `stable_seconds` (a file untouched for that long already has, and costs no wait).
+    """
+    if completeness in ("marker", "control_total"):
+        if marker_of(path) is None:
+            return LoadProblem(
+                "file_complete",
+                f"no done-marker beside {path.name} ({path.name}.done or .ok): the export is "
+                "not completely delivered yet (wait for the marker)",
+            )
+        return None
+    before = os.stat(path)
+    age = clock() - before.st_mtime
+    if stable_seconds <= 0 or age >= stable_seconds:
+        return None
+    sleep(stable_seconds - age)
+    after = os.stat(path)
+    if _fingerprint(before) != _fingerprint(after):
+        return LoadProblem(
+            "file_complete",
+            f"the file is still being written (its size went from {before.st_size:,} to "
+            f"{after.st_size:,} bytes in {stable_seconds:g} s): wait until it has landed",
+        )
+    return None
+
+
+def _fingerprint(status: os.stat_result) -> tuple[int, int]:
+    return status.st_size, status.st_mtime_ns
+
+
+def load_export(
+    path: Path,
+    layout: ExportLayout = ExportLayout(),
+    *,
+    completeness: Completeness = "stable_size",
+    stable_seconds: float = 0.0,
+    timezone: str = "Asia/Shanghai",
+) -> LoadedExport:
     """Read an export into a typed frame; problems are reported, never raised.
 
-    CSV is read as text in the layout's encoding, falling back to UTF-8 (with or without
-    BOM) when the headers do not match. Parquet uses the English field names.
+    Completeness is decided first (nothing is read from a file still being written), and a
+    file whose size or mtime changed while it was read is refused. CSV is read as text in
+    the layout's encoding, falling back to UTF-8 (with or without BOM) when the headers do
+    not match. Parquet uses the English field names; its dates are read in `timezone`.
     """
     path = Path(path)
+    incomplete = completeness_problem(path, completeness, stable_seconds)
+    if incomplete is not None:
+        return LoadedExport(path, "", _empty_frame(), 0, [incomplete])
+    before = os.stat(path)
+    if before.st_size == 0:
+        problem = LoadProblem("not_empty", "the file is empty (0 bytes)")
+        return LoadedExport(path, file_checksum(path), _empty_frame(), 0, [problem])
     # hashlib lets go of the GIL while hashing: the checksum runs beside the read for free.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-checksum") as pool:
         digest = pool.submit(file_checksum, path)
@@ -120,11 +243,32 @@ def load_export(path: Path, layout: ExportLayout = ExportLayout()) -> LoadedExpo
         else:
             table, problems = _read_csv(path, layout)
         checksum = digest.result()
+    after = os.stat(path)
+    if _fingerprint(before) != _fingerprint(after):
+        changed = LoadProblem(
+            "file_complete",
+            f"the file changed while it was read ({before.st_size:,} -> {after.st_size:,} "
+            "bytes): it is still being written, wait until it has landed",
+        )
+        return LoadedExport(path, checksum, _empty_frame(), 0, [changed])
     if table is None:
         return LoadedExport(path, checksum, _empty_frame(), 0, problems)
-    frame = _typed_frame(table)
+    frame = _typed_frame(table, timezone)
     if len(frame) == 0:
         problems.append(LoadProblem("not_empty", "the file has a header but no data rows"))
+    if completeness == "control_total":
+        marker = marker_of(path)
+        total = control_total(marker) if marker else None
+        if total is None or total != len(frame):
+            stated = "no row count" if total is None else f"{total:,} rows"
+            problems.append(
+                LoadProblem(
+                    "file_complete",
+                    f"the file has {len(frame):,} rows but its control total "
+                    f"({marker.name if marker else 'no marker'}) states {stated}: the export "
+                    "is incomplete",
+                )
+            )
     return LoadedExport(path, checksum, frame, len(frame), problems)
 
 
@@ -141,6 +285,9 @@ def _read_csv(path: Path, layout: ExportLayout) -> tuple[pa.Table | None, list[L
             )
         ]
     encoding, headers, missing = found
+    twice = _named_twice(headers, layout)
+    if twice:
+        return None, [LoadProblem("header_unique", twice)]
     if missing:
         return None, [LoadProblem("columns_present", _missing_message(missing, layout))]
 
@@ -154,14 +301,26 @@ def _read_csv(path: Path, layout: ExportLayout) -> tuple[pa.Table | None, list[L
     cut_at = _truncation_point(path, encoding, len(headers), layout.delimiter)
     if cut_at is not None:
         source = pa.memory_map(str(path)).read_buffer(cut_at)
-    try:
+
+    def read(block_size: int | None) -> pa.Table:
         if _splits_on_bytes(encoding, layout.delimiter):
-            table = _read_gbk_family(source, names, layout.delimiter, encoding)
-        else:
-            table = _read_text(source, names, layout.delimiter, encoding)
+            return _read_gbk_family(source, names, layout.delimiter, encoding, block_size)
+        return _read_text(source, names, layout.delimiter, encoding, block_size)
+
+    try:
+        try:
+            table = read(None)
+        except pa.ArrowInvalid as error:
+            if "straddl" not in str(error):
+                raise
+            # One field is longer than a read block: read the file as one block, in every
+            # encoding alike (a long field is judged by the checks, not by the block size).
+            table = read(path.stat().st_size + 1)
     except (UnicodeDecodeError, UnicodeError):
-        return None, [LoadProblem("encoding", f"the file's rows are not valid {encoding} text")]
+        return None, [LoadProblem("encoding", _not_text(encoding, layout))]
     except (pa.ArrowInvalid, ValueError):
+        if not _decodes(path, encoding):
+            return None, [LoadProblem("encoding", _not_text(encoding, layout))]
         # pyarrow's message quotes the offending row (mobiles): never pass it on.
         return None, [
             LoadProblem(
@@ -180,8 +339,57 @@ def _read_csv(path: Path, layout: ExportLayout) -> tuple[pa.Table | None, list[L
     return table, problems
 
 
+def _not_text(encoding: str, layout: ExportLayout) -> str:
+    """Rows that do not decode: say so, and when the header decoded differently, say that too."""
+    if codecs.lookup(encoding).name != codecs.lookup(layout.encoding).name:
+        return (
+            f"the header is {_spoken(encoding)} text but the rows are not: the file mixes "
+            f"encodings (the layout expects {_spoken(layout.encoding)})"
+        )
+    return f"the file's rows are not valid {encoding} text"
+
+
+def _spoken(encoding: str) -> str:
+    """An encoding as ops name it: utf-8-sig is UTF-8, gbk is GBK."""
+    name = codecs.lookup(encoding).name
+    return "UTF-8" if name.startswith("utf-8") else name.upper()
+
+
+def _decodes(path: Path, encoding: str) -> bool:
+    """True when the whole file decodes in `encoding` (read in pieces, kept nowhere)."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _named_twice(headers: list[str], layout: ExportLayout) -> str | None:
+    """Which header names a column twice (an ambiguous header), in words; None when none does."""
+    to_field = layout.header_to_field()
+    seen: dict[str, int] = {}
+    for position, header in enumerate(headers, start=1):
+        if header in seen:
+            field_name = to_field.get(header)
+            named = f"{header} ({field_name})" if field_name else header
+            return (
+                f"column {named} is named twice in the header (columns {seen[header]} and "
+                f"{position}): siyu cannot tell which copy is meant"
+            )
+        seen[header] = position
+    return None
+
+
 def _read_text(
-    source: str | pa.Buffer, names: list[str], delimiter: str, encoding: str
+    source: str | pa.Buffer,
+    names: list[str],
+    delimiter: str,
+    encoding: str,
+    block_size: int | None = None,
 ) -> pa.Table:
     """Read the loaded columns, letting pyarrow decode the text (natively for UTF-8)."""
     # pyarrow skips a UTF-8 BOM itself and reads UTF-8 natively (much faster than transcoding).
@@ -189,7 +397,10 @@ def _read_text(
     return pcsv.read_csv(
         _readable(source),
         read_options=pcsv.ReadOptions(
-            encoding=arrow_encoding, column_names=names, skip_rows=1, block_size=1 << 24
+            encoding=arrow_encoding,
+            column_names=names,
+            skip_rows=1,
+            block_size=block_size or 1 << 24,
         ),
         parse_options=pcsv.ParseOptions(delimiter=delimiter),
         convert_options=pcsv.ConvertOptions(
@@ -220,7 +431,11 @@ def _splits_on_bytes(encoding: str, delimiter: str) -> bool:
 
 
 def _read_gbk_family(
-    source: str | pa.Buffer, names: list[str], delimiter: str, encoding: str
+    source: str | pa.Buffer,
+    names: list[str],
+    delimiter: str,
+    encoding: str,
+    block_size: int | None = None,
 ) -> pa.Table:
     """Split and convert the file on raw bytes, on all cores; decode only what is not ASCII.
 
@@ -232,11 +447,13 @@ def _read_gbk_family(
     Raises UnicodeDecodeError where any field is not valid `encoding`, as transcoding would.
     """
     try:
-        raw = _read_bytes(source, names, delimiter, encoding, typed=True)
-    except pa.ArrowInvalid:
+        raw = _read_bytes(source, names, delimiter, encoding, typed=True, block_size=block_size)
+    except pa.ArrowInvalid as error:
+        if "straddl" in str(error):
+            raise
         # Some amount, flag or date is not written cleanly (or a row is malformed): read those
         # columns as text and let _typed_frame find and flag the values that do not parse.
-        raw = _read_bytes(source, names, delimiter, encoding, typed=False)
+        raw = _read_bytes(source, names, delimiter, encoding, typed=False, block_size=block_size)
     kinds = {c.field: c.kind for c in LOADED_COLUMNS}
     columns: dict[str, pa.ChunkedArray] = {}
     for name in raw.column_names:
@@ -262,7 +479,13 @@ def _read_gbk_family(
 
 
 def _read_bytes(
-    source: str | pa.Buffer, names: list[str], delimiter: str, encoding: str, *, typed: bool
+    source: str | pa.Buffer,
+    names: list[str],
+    delimiter: str,
+    encoding: str,
+    *,
+    typed: bool,
+    block_size: int | None = None,
 ) -> pa.Table:
     """Every column as bytes (repeating ones dictionary-encoded), or typed where `typed`.
 
@@ -283,7 +506,7 @@ def _read_bytes(
     return pcsv.read_csv(
         _readable(source),
         read_options=pcsv.ReadOptions(
-            encoding="utf8", column_names=names, skip_rows=1, block_size=1 << 22
+            encoding="utf8", column_names=names, skip_rows=1, block_size=block_size or 1 << 22
         ),
         parse_options=pcsv.ParseOptions(delimiter=delimiter),
         convert_options=pcsv.ConvertOptions(
@@ -411,7 +634,17 @@ def _read_parquet(path: Path) -> tuple[pa.Table | None, list[LoadProblem]]:
         parquet = pq.ParquetFile(path)
     except (pa.ArrowException, OSError):
         return None, [LoadProblem("encoding", "the file is not a readable Parquet file")]
-    present = set(parquet.schema_arrow.names)
+    names = parquet.schema_arrow.names
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        return None, [
+            LoadProblem(
+                "header_unique",
+                f"column(s) {', '.join(twice)} are named twice in the Parquet export: siyu "
+                "cannot tell which copy is meant",
+            )
+        ]
+    present = set(names)
     missing = [f for f in LOADED_FIELDS if f not in present]
     if missing:
         names = ", ".join(missing)
@@ -427,7 +660,7 @@ def _read_parquet(path: Path) -> tuple[pa.Table | None, list[LoadProblem]]:
         return None, [LoadProblem("encoding", "the Parquet file's data cannot be read")]
 
 
-def _typed_frame(table: pa.Table) -> pd.DataFrame:
+def _typed_frame(table: pa.Table, timezone: str = "Asia/Shanghai") -> pd.DataFrame:
     """Cast text columns to their kinds with pyarrow.compute, then convert to pandas once."""
     columns: dict[str, pa.ChunkedArray] = {}
     bad: dict[str, pa.ChunkedArray] = {}
@@ -444,7 +677,7 @@ def _typed_frame(table: pa.Table) -> pd.DataFrame:
         elif column.kind == "flag":
             columns[column.field], bad[column.field] = _parse_flag(values)
         elif column.kind == "date":
-            columns[column.field], bad[column.field] = _parse_date(values)
+            columns[column.field], bad[column.field] = _parse_date(values, timezone)
         else:
             columns[column.field] = _as_text(values)
     typed = pa.table(columns)
@@ -502,10 +735,22 @@ def _parse_flag(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArr
     return flags, pc.and_(pc.is_valid(values), pc.is_null(flags))
 
 
-def _parse_date(values: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
-    """timestamp[s] from YYYYMMDD or YYYY-MM-DD (null where unparsable), and the mask."""
-    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+def _parse_date(
+    values: pa.ChunkedArray, timezone: str = "Asia/Shanghai"
+) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """timestamp[s] from YYYYMMDD or YYYY-MM-DD (null where unparsable), and the mask.
+
+    A typed (Parquet) timestamp is a day: one that carries a time zone is read as the day
+    it is in the business time zone (midnight in Shanghai is 16:00 the day before in UTC).
+    """
+    if pa.types.is_date(values.type):
         return pc.cast(values, pa.timestamp("s")), _nothing_bad(values)
+    if pa.types.is_timestamp(values.type):
+        if values.type.tz is not None:
+            in_business_zone = pc.cast(values, pa.timestamp(values.type.unit, tz=timezone))
+            values = pc.local_timestamp(in_business_zone)
+        days = pc.floor_temporal(values, unit="day")
+        return pc.cast(days, pa.timestamp("s")), _nothing_bad(values)
 
     def parse(words: pa.Array) -> pa.Array:
         candidates = [

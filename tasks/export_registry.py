@@ -10,9 +10,15 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from siyu.schemas.models import Export, QuarantinedRow
+from siyu.schemas.models import Export, QuarantinedRow, insert_or_update
 
-RECEIVED, BLOCKED, ACCEPTED, SYNCED = "received", "blocked", "accepted", "synced"
+# received: registered, not gated yet; blocked: the gate refused it; passed: the gate let it
+# through (a dry run stops here); accepted: a real run planned its push (a rerun finishes that
+# push first); synced: its push is drained, a rerun of the same content is a no-op.
+RECEIVED, BLOCKED, PASSED, ACCEPTED, SYNCED = "received", "blocked", "passed", "accepted", "synced"
+# A verdict is stored once a real run has committed to the content: a later gate of the same
+# content (a dry-run preview of a synced file) must not rewrite it.
+COMMITTED = (ACCEPTED, SYNCED)
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,12 @@ class ExportRecord:
     checksum: str
     status: str
     file_name: str
+    export_date: date | None = None  # the business date the gate checked it against
+
+    @property
+    def label(self) -> str:
+        """How ops name this export: its file and its stored id."""
+        return f"{self.file_name} (export #{self.id})"
 
     @property
     def batch(self) -> str:
@@ -33,32 +45,50 @@ class ExportRecord:
 def register_export(
     engine: sa.Engine, path: Path, checksum: str, flow_run_id: str | None
 ) -> ExportRecord:
-    """The stored record for this file's content: an accepted or synced one is reused, never redone."""
+    """The stored record for this file's content: an accepted or synced one is reused, never redone.
+
+    One content has one live (not blocked) record: runs of the same file started together meet
+    in it, by the unique `live_checksum`, so they plan into one outbox batch and its atomic
+    claims send each change once. A blocked content's next run starts a new record.
+    """
     with Session(engine) as session, session.begin():
         existing = session.scalars(
             sa.select(Export)
-            .where(Export.checksum == checksum, Export.status.in_([ACCEPTED, SYNCED]))
+            .where(Export.checksum == checksum, Export.status.in_(COMMITTED))
             .order_by(Export.id.desc())
         ).first()
         if existing is None:
-            existing = Export(
+            insert = insert_or_update(engine.dialect.name, Export).values(
                 file_name=path.name,
                 checksum=checksum,
+                live_checksum=checksum,
                 status=RECEIVED,
                 flow_run_id=flow_run_id,
                 created_at=datetime.now(UTC),
+                checks_total=0,
+                checks_failed=0,
+                rows_accepted=0,
+                rows_quarantined=0,
             )
-            session.add(existing)
-            session.flush()
-        return ExportRecord(existing.id, existing.checksum, existing.status, existing.file_name)
+            session.execute(insert.on_conflict_do_nothing(index_elements=["live_checksum"]))
+            existing = session.scalars(
+                sa.select(Export).where(Export.live_checksum == checksum)
+            ).one()
+        return ExportRecord(
+            existing.id,
+            existing.checksum,
+            existing.status,
+            existing.file_name,
+            existing.export_date,
+        )
 
 
 def previous_row_count(engine: sa.Engine, before_id: int) -> int | None:
-    """Rows of the last accepted export before this one: the baseline of the volume check."""
+    """Rows of the last export before this one the gate let through: the volume baseline."""
     with Session(engine) as session:
         return session.scalars(
             sa.select(Export.row_count)
-            .where(Export.id < before_id, Export.status.in_([ACCEPTED, SYNCED]))
+            .where(Export.id < before_id, Export.status.in_([PASSED, *COMMITTED]))
             .order_by(Export.id.desc())
         ).first()
 
@@ -76,10 +106,17 @@ def record_verdict(
     quarantined: pd.DataFrame,
     message: str,
 ) -> None:
-    """Store the gate's verdict and the quarantined rows (ids and reasons only)."""
+    """Store the gate's verdict and the quarantined rows (ids and reasons only).
+
+    A passed export is `passed`, not yet `accepted`: only a real run's plan accepts it
+    (`mark_accepted`), so a dry run leaves nothing for the next run to resume. An export a real
+    run has already accepted or synced keeps its stored verdict (same content, same verdict).
+    """
     with Session(engine) as session, session.begin():
         export = session.get(Export, export_id)
-        export.status = ACCEPTED if passed else BLOCKED
+        if export.status in COMMITTED:
+            return
+        export.status = PASSED if passed else BLOCKED
         export.export_date = export_date
         export.row_count = row_count
         export.checks_total = checks_total
@@ -89,6 +126,7 @@ def record_verdict(
         export.message = message[:4000]
         if not passed:
             export.finished_at = datetime.now(UTC)
+            export.live_checksum = None  # a rerun of this content is a new attempt
         session.execute(sa.delete(QuarantinedRow).where(QuarantinedRow.export_id == export_id))
         rows = [
             {
@@ -104,10 +142,22 @@ def record_verdict(
             session.execute(sa.insert(QuarantinedRow), rows[start : start + 5_000])
 
 
+def mark_accepted(engine: sa.Engine, export_id: int) -> None:
+    """A real run is about to store this export's push: from now on a rerun finishes it first."""
+    with Session(engine) as session, session.begin():
+        export = session.get(Export, export_id)
+        if export.status != SYNCED:
+            export.status = ACCEPTED
+
+
 def mark_synced(engine: sa.Engine, export_id: int, report: dict) -> None:
-    """The export's push is drained: a rerun of the same file is now a no-op."""
+    """The export's push is drained: a rerun of the same file is now a no-op.
+
+    The sync's report joins what the gate kept in the record's report (its value profile,
+    the next export's baseline); it does not replace it.
+    """
     with Session(engine) as session, session.begin():
         export = session.get(Export, export_id)
         export.status = SYNCED
-        export.report = report
+        export.report = {**(export.report or {}), **report}
         export.finished_at = datetime.now(UTC)

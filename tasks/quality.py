@@ -1,61 +1,72 @@
-"""The export's quality gate: GX decides each check, masks quarantine rows, ops get one message."""
+"""The export's quality gate: every check of the registry decided once, one verdict, one message.
+
+GX evaluates the checks that have a rule; the same rule, read as a vectorised mask, picks the
+quarantine rows and the masked samples. Checks decided while reading (completeness, encoding,
+header) and profiling (empty columns, collapsed distributions) enter the GX suite as their
+outcome, so Data Docs show exactly the gate's checks and verdict.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from siyu.schemas.export import CUSTOMER_CLASSES, MOBILE_PATTERN
+from siyu.schemas.export import EXPORT_COLUMNS, CollapseLimits
 from siyu.schemas.export_suite import (
     CHECK_META_KEY,
-    CHECKS_BY_NAME,
-    LOAD_CHECKS,
+    CHECKS,
     MOBILE_SHAPE_BAD,
     MOBILE_SHAPE_DIGITS,
-    QUALITY_CHECKS,
-    QUARANTINE_CHECK,
     RESULT_FORMAT,
     ROW_CHECKS,
     SUITE_NAME,
+    Check,
+    Rule,
+    SuiteContext,
     build_export_suite,
+    check_named,
     row_count_bounds,
 )
-from siyu.tasks.export import LOADED_FIELDS, PARSED_FIELDS, LoadedExport
+from siyu.schemas.models import Export
+from siyu.tasks.export import LOADED_COLUMNS, LOADED_FIELDS, PARSED_FIELDS, LoadedExport
+from siyu.tasks.export_registry import COMMITTED, PASSED
 
 if TYPE_CHECKING:
     from great_expectations.core import ExpectationSuiteValidationResult
 
 SAMPLE_SIZE = 5
 RERUN_HINT = "fix the export and rerun tag-sync"
-
-# What a failing row means to ops, per row-level check and the row-ish table checks.
-_ROW_PHRASES: dict[str, str] = {
-    "customer_id_not_null": "rows without a customer id",
-    "customer_id_unique": "rows sharing a customer id",
-    "mobile_format": "rows with a malformed mobile",
-    "aum_non_negative": "rows with negative AUM",
-    "aum_peak_non_negative": "rows with negative peak AUM",
-    "branch_known": "rows with an unknown branch",
-    "class_known": "rows with an unknown customer class",
-}
+# Problems found while reading that leave nothing GX could judge.
+_UNREADABLE = ("file_complete", "encoding", "columns_present", "header_unique")
+# Where an accepted export's value profile is kept in its `exports.report`.
+PROFILE_KEY = "gate_profile"
+# The verdict each Data Docs folder keeps beside it, for retention.
+VERDICT_FILE = "siyu-gate.json"
+# Validated columns GX must see as text: it turns a categorical into text to match a pattern.
+_TEXT_FOR_GX = frozenset(c.rule.column for c in CHECKS if c.rule and c.rule.kind == "regex")
+_HEADERS = {c.field: c.header for c in EXPORT_COLUMNS}
 
 # One GX context per process: building one costs far more than a validation of a small file.
 _GX_LOCK = threading.Lock()
 _GX_CACHE: dict[str, Any] = {}
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckResult:
     """One check's outcome: counts and masked sample ids, never values."""
 
@@ -65,11 +76,15 @@ class CheckResult:
     passed: bool
     failed_count: int
     sample: list[str]
+    detail: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class GateResult:
-    """The gate's verdict: blocked or not, every check, the rows to sync and the rows held back."""
+    """The gate's verdict: blocked or not, every check, the rows to sync and the rows held back.
+
+    `profile` is the export's value profile, the baseline the next export is compared with.
+    """
 
     passed: bool
     checks: list[CheckResult]
@@ -77,6 +92,29 @@ class GateResult:
     quarantined: pd.DataFrame
     message: str
     data_docs: Path | None
+    profile: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Coded:
+    """A validated column as a code per row (-1: missing) and its distinct values (None: the
+    codes are the identity, as for customer ids)."""
+
+    codes: np.ndarray
+    values: pa.Array | None
+
+
+Column = _Coded | np.ndarray
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """One check's raw outcome before it is phrased."""
+
+    passed: bool
+    count: int
+    mask: np.ndarray | None = None
+    problem: str | None = None
 
 
 def mask_customer_id(customer_id: str) -> str:
@@ -96,173 +134,538 @@ def run_gate(
     volume_tolerance: float = 0.20,
     row_failure_threshold: float = 0.01,
     docs_dir: Path | None = None,
+    previous_profile: Mapping[str, Any] | None = None,
+    limits: CollapseLimits | None = None,
 ) -> GateResult:
-    """Check an export against the suite; block it, or pass it with its bad rows quarantined.
-
-    GX decides pass/fail and counts; the per-row masks (same predicates, vectorised) pick
-    the quarantine rows and the masked samples.
-    """
+    """Check an export against every registered check; block it, or pass it with its bad rows
+    quarantined. The report (checks, message, Data Docs) is built once, at the end."""
+    limits = limits or CollapseLimits()
     label = expected_date.isoformat()
-    problems = {p.check: p.message for p in export.problems}
+    problems: dict[str, str] = {}
+    for p in export.problems:
+        problems.setdefault(p.check, p.message)
     frame = export.frame
-    readable = not ({"encoding", "columns_present"} & problems.keys()) and all(
+    readable = not (set(_UNREADABLE) & problems.keys()) and all(
         f in frame.columns for f in LOADED_FIELDS
     )
     if not readable or (len(frame) == 0 and "not_empty" not in problems and problems):
-        return _unreadable(export, problems, label)
+        return _unreadable(export, problems, label, docs_dir)
 
-    masks = _masks(frame, expected_date, branches)
-    suite = build_export_suite(
+    ctx = SuiteContext(
         expected_date=expected_date,
-        branches=branches,
-        previous_row_count=previous_row_count,
-        volume_tolerance=volume_tolerance,
+        branches=tuple(branches),
+        row_bounds=row_count_bounds(previous_row_count, volume_tolerance),
     )
-    outcomes, data_docs = _validate(_validation_frame(frame, masks), suite, docs_dir)
-
-    sample_of = _Sampler(frame, export.is_csv)
-    checks: list[CheckResult] = []
-    details: dict[str, str] = {}
-    for check in QUALITY_CHECKS:
-        if check.name in LOAD_CHECKS:
-            passed, count = check.name not in problems, int(check.name in problems)
-            sample: list[str] = []
-            detail = problems.get(check.name, "")
-        else:
-            success, count = outcomes[check.name]
-            passed = success and check.name not in problems
-            mask = masks.get(check.name)
-            sample = sample_of(mask) if mask is not None and not passed else []
-            if check.name in problems and success:
-                count = 1  # the file failed to parse as a whole; GX saw what could be read
-            detail = _detail(
-                check.name,
-                count,
-                sample,
-                frame=frame,
-                masks=masks,
-                problem=problems.get(check.name),
-                expected=label,
-                previous_row_count=previous_row_count,
-                volume_tolerance=volume_tolerance,
-            )
-        if not passed:
-            details[check.name] = detail
-        checks.append(
-            CheckResult(check.name, check.description, check.level, passed, int(count), sample)
-        )
-
+    columns = _validation_columns(frame)
+    masks = _masks(columns, ctx)
     row_any = np.zeros(len(frame), dtype=bool)
     for name in ROW_CHECKS:
         row_any |= masks[name]
     quarantined_count = int(row_any.sum())
     share = quarantined_count / len(frame) if len(frame) else 0.0
-    share_ok = share <= row_failure_threshold
-    checks.append(
-        CheckResult(
-            QUARANTINE_CHECK.name,
-            f"{QUARANTINE_CHECK.description} ({_percent(row_failure_threshold)} %)",
-            "table",
-            share_ok,
-            0 if share_ok else quarantined_count,
-            [] if share_ok else sample_of(row_any),
-        )
-    )
-    if not share_ok:
-        details[QUARANTINE_CHECK.name] = (
-            f"{quarantined_count:,} of {len(frame):,} rows ({_percent(share)} %) failed row "
-            f"checks, above the {_percent(row_failure_threshold)} % threshold"
-        )
+    profile = export_profile(frame, columns)
+    empty_columns = _empty_required(profile)
+    collapsed = _collapsed(profile, previous_profile, limits, skip=empty_columns)
 
-    table_ok = all(c.passed for c in checks if c.level == "table")
-    quarantined = _quarantine(frame, masks, row_any)
+    # Outcomes the gate decides itself: from reading, profiling and the quarantine share.
+    decided: dict[str, _Outcome] = {}
+    for check in CHECKS:
+        if check.name in problems:
+            decided[check.name] = _Outcome(False, 1, masks.get(check.name), problems[check.name])
+        elif check.rule is None:
+            decided[check.name] = _Outcome(True, 0)
+    decided["required_values"] = _Outcome(
+        not empty_columns,
+        len(empty_columns),
+        problem=_sentence([f"column {_named(f)} is empty on every row" for f in empty_columns]),
+    )
+    decided["distribution_stable"] = _Outcome(
+        not collapsed, len(collapsed), problem=_sentence(collapsed)
+    )
+    share_ok = share <= row_failure_threshold
+    decided["quarantine_share"] = _Outcome(
+        share_ok, 0 if share_ok else quarantined_count, None if share_ok else row_any
+    )
+
+    facts = _facts(
+        frame,
+        masks,
+        expected=label,
+        previous_row_count=previous_row_count,
+        volume_tolerance=volume_tolerance,
+        share=share,
+        threshold=row_failure_threshold,
+    )
+    details = {
+        name: _phrase(check_named(name), outcome, facts, export.is_csv, frame)
+        for name, outcome in decided.items()
+        if not outcome.passed
+    }
+    suite = build_export_suite(
+        ctx, {name: (o.passed, details.get(name, "")) for name, o in decided.items()}
+    )
+    gx_outcomes, data_docs = _validate(_gx_frame(columns), suite, docs_dir)
+    outcomes: dict[str, _Outcome] = {}
+    for check in CHECKS:
+        if check.name in decided:
+            outcomes[check.name] = decided[check.name]
+            continue
+        success, count = gx_outcomes[check.name]
+        # A row check never blocks: it fails (and quarantines) exactly the rows GX counted.
+        passed = count == 0 if check.level == "row" else success
+        outcomes[check.name] = _Outcome(passed, count, masks.get(check.name))
+
+    gate = _report(
+        export,
+        outcomes,
+        facts,
+        label=label,
+        quarantined=_quarantine(frame, masks, row_any),
+        accepted=lambda passed: _accepted(frame, row_any) if passed else _no_rows(frame),
+        share=share,
+        data_docs=data_docs,
+        profile=profile,
+    )
+    _remember_verdict(data_docs, docs_dir, gate.passed, label)
+    return gate
+
+
+def _report(
+    export: LoadedExport,
+    outcomes: Mapping[str, _Outcome],
+    facts: _Facts,
+    *,
+    label: str,
+    quarantined: pd.DataFrame,
+    accepted: Callable[[bool], pd.DataFrame],
+    share: float,
+    data_docs: Path | None,
+    profile: dict[str, Any],
+) -> GateResult:
+    """The gate's report, built once from every check's outcome, in registry order."""
+    frame = export.frame
+    checks = [
+        _result(check, outcomes[check.name], facts, export.is_csv, frame)
+        for check in CHECKS
+        if check.name in outcomes
+    ]
     failed = [c for c in checks if not c.passed]
-    if table_ok:
-        accepted = _accepted(frame, row_any)
+    passed = all(c.passed for c in checks if c.level == "table")
+    if passed:
         message = (
             f"export {label} passed the quality gate ({len(checks) - len(failed)} of "
-            f"{len(checks)} checks clean); {quarantined_count:,} rows quarantined "
+            f"{len(checks)} checks clean); {len(quarantined):,} rows quarantined "
             f"({_percent(share)} %)"
         )
         if failed:
-            message += ": " + "; ".join(details[c.name] for c in failed)
+            message += ": " + "; ".join(c.detail for c in failed)
     else:
-        accepted = frame.iloc[0:0][_public_columns(frame)]
         ordered = [c for c in failed if c.level == "table"] + [
             c for c in failed if c.level == "row"
         ]
         message = (
             f"export {label} failed {len(failed)} of {len(checks)} checks: "
-            + "; ".join(details[c.name] for c in ordered)
+            + "; ".join(c.detail for c in ordered)
             + f" - {RERUN_HINT}"
         )
-    return GateResult(table_ok, checks, accepted, quarantined, message, data_docs)
+    return GateResult(passed, checks, accepted(passed), quarantined, message, data_docs, profile)
 
 
-def _unreadable(export: LoadedExport, problems: dict[str, str], label: str) -> GateResult:
-    """A file too broken for GX: report what reading found; the other checks cannot run."""
+def _result(
+    check: Check, outcome: _Outcome, facts: _Facts, is_csv: bool, frame: pd.DataFrame
+) -> CheckResult:
+    if outcome.passed:
+        return CheckResult(check.name, check.description, check.level, True, 0, [])
+    sample = _Sampler(frame, is_csv)(outcome.mask) if outcome.mask is not None else []
+    detail = _phrase(check, outcome, facts, is_csv, frame, sample)
+    return CheckResult(
+        check.name, check.description, check.level, False, int(outcome.count), sample, detail
+    )
+
+
+def _phrase(
+    check: Check,
+    outcome: _Outcome,
+    facts: _Facts,
+    is_csv: bool,
+    frame: pd.DataFrame,
+    sample: list[str] | None = None,
+) -> str:
+    """The check's phrase with this failure's facts; what reading found, when it found it."""
+    if outcome.problem:
+        return outcome.problem
+    if sample is None:
+        sample = _Sampler(frame, is_csv)(outcome.mask) if outcome.mask is not None else []
+    known = {
+        "count": outcome.count,
+        "sample": f" (sample: {', '.join(sample)})" if sample else "",
+        "problem": f"{check.name} failed",
+    }
+    return check.phrase.format_map(facts.with_known(known))
+
+
+class _Facts(dict):
+    """What a phrase may name, each computed only when a failing check's phrase asks for it."""
+
+    def __init__(self, lazy: Mapping[str, Callable[[], object]]) -> None:
+        super().__init__()
+        self._lazy = lazy
+
+    def with_known(self, known: Mapping[str, object]) -> _Facts:
+        facts = _Facts(self._lazy)
+        facts.update(self)
+        facts.update(known)
+        return facts
+
+    def __missing__(self, key: str) -> object:
+        value = self._lazy[key]()
+        self[key] = value
+        return value
+
+
+def _facts(
+    frame: pd.DataFrame,
+    masks: Mapping[str, np.ndarray],
+    *,
+    expected: str,
+    previous_row_count: int | None,
+    volume_tolerance: float,
+    share: float,
+    threshold: float,
+) -> _Facts:
+    low, high = row_count_bounds(previous_row_count, volume_tolerance)
+
+    def by_column() -> str:
+        return ", ".join(
+            f"{name} {int(frame[f'_bad_{name}'].sum()):,}"
+            for name in PARSED_FIELDS
+            if f"_bad_{name}" in frame.columns and frame[f"_bad_{name}"].any()
+        )
+
+    def found() -> str:
+        dates = pd.unique(frame.loc[masks["export_date_expected"], "export_date"])[:3]
+        return ", ".join(
+            "empty" if pd.isna(d) else pd.Timestamp(d).date().isoformat() for d in dates
+        )
+
+    return _Facts(
+        {
+            "by_column": by_column,
+            "found": found,
+            "expected": lambda: expected,
+            "rows": lambda: len(frame),
+            "previous": lambda: previous_row_count or 0,
+            "change": lambda: len(frame) / previous_row_count - 1 if previous_row_count else 0.0,
+            "low": lambda: low,
+            "high": lambda: high or 0,
+            "tolerance": lambda: volume_tolerance,
+            "share": lambda: _percent(share),
+            "threshold": lambda: _percent(threshold),
+        }
+    )
+
+
+def _unreadable(
+    export: LoadedExport, problems: dict[str, str], label: str, docs_dir: Path | None
+) -> GateResult:
+    """A file too broken for GX to judge: report what reading found; the rest cannot run."""
     checks = [
-        CheckResult(name, CHECKS_BY_NAME[name].description, "table", False, 1, [])
-        for name in CHECKS_BY_NAME
-        if name in problems
+        CheckResult(c.name, c.description, "table", False, 1, [], problems[c.name])
+        for c in CHECKS
+        if c.name in problems
     ]
     message = (
         f"export {label} failed {len(checks)} check(s) before the others could run: "
-        + "; ".join(problems[c.name] for c in checks)
+        + "; ".join(c.detail for c in checks)
         + f" - {RERUN_HINT}"
     )
+    data_docs = None
+    if docs_dir is not None:
+        suite = build_export_suite(
+            SuiteContext(date.fromisoformat(label), (), (0, None)),
+            {c.name: (False, c.detail) for c in checks},
+        )
+        # Only the decided outcomes: the suite holds no rule, so GX needs no column of the file.
+        suite.expectations = [e for e in suite.expectations if e.meta.get("decided_by") is not None]
+        _, data_docs = _validate(
+            pd.DataFrame({"file": pd.Series([], dtype=object)}), suite, docs_dir
+        )
+        _remember_verdict(data_docs, docs_dir, False, label)
     return GateResult(
         False,
         checks,
-        export.frame.iloc[0:0][_public_columns(export.frame)],
+        _no_rows(export.frame),
         _empty_quarantine(),
         message,
-        None,
+        data_docs,
     )
 
 
-def _masks(frame: pd.DataFrame, expected_date: date, branches: Sequence[str]) -> dict[str, Any]:
-    """Per-row failure masks (numpy bool), the same predicates as the suite, plus GX inputs.
-
-    Repeating columns are judged once per distinct value and the verdict spread to the rows.
-    """
-    ids = _arrow_text(frame["customer_id"])
-    codes = _id_codes(ids)
-    has_id = codes >= 0
-    counts = np.bincount(codes[has_id], minlength=1)
-    duplicated = has_id & (counts[np.where(has_id, codes, 0)] > 1)
-
-    export_dates = frame["export_date"].to_numpy()
-    on_date = export_dates == np.datetime64(expected_date)
-
+def _validation_columns(frame: pd.DataFrame) -> dict[str, Column]:
+    """The validated columns (see the suite), each coded once: repeating columns as codes
+    into their distinct values, so a rule tests each distinct value once."""
+    shape_codes, shapes = _mobile_shapes(_arrow_text(frame["mobile"]))
+    day_codes, days = pd.factorize(frame["export_date"], use_na_sentinel=True)
+    day_labels = [d.strftime("%Y-%m-%d") for d in pd.DatetimeIndex(days)] + [""]
+    day_codes = np.where(day_codes < 0, len(day_labels) - 1, day_codes)
     unparsable = np.zeros(len(frame), dtype=bool)
     for name in PARSED_FIELDS:
         column = f"_bad_{name}"
         if column in frame.columns:
             unparsable |= frame[column].to_numpy(dtype=bool, na_value=False)
-
-    shape_codes, shapes = _mobile_shapes(_arrow_text(frame["mobile"]))
-    shape_ok = pc.fill_null(pc.match_substring_regex(shapes, MOBILE_PATTERN), False)
-    branch_codes, branch_words = _distinct(frame["branch_code"])
-    class_codes, class_words = _distinct(frame["customer_class"])
-    with np.errstate(invalid="ignore"):
-        aum_negative = frame["aum"].to_numpy(dtype="float64", na_value=np.nan) < 0
-        peak_negative = frame["aum_peak"].to_numpy(dtype="float64", na_value=np.nan) < 0
     return {
-        "customer_id_not_null": ~has_id,
-        "customer_id_unique": duplicated,
-        "export_date_expected": ~on_date,
-        "types_parse": unparsable,
-        "mobile_format": ~_spread(shape_ok, shape_codes),
-        "aum_non_negative": aum_negative,
-        "aum_peak_non_negative": peak_negative,
-        "branch_known": ~_spread(_is_in(branch_words, branches), branch_codes),
-        "class_known": ~_spread(_is_in(class_words, list(CUSTOMER_CLASSES)), class_codes),
-        "_id_codes": codes,
-        "_mobile_shapes": pc.take(shapes, pa.array(shape_codes, mask=shape_codes < 0)),
-        "_branch_codes": (branch_codes, branch_words),
-        "_class_codes": (class_codes, class_words),
+        "customer_id": _Coded(_id_codes(_arrow_text(frame["customer_id"])), None),
+        "mobile": _Coded(shape_codes, shapes),
+        "branch_code": _Coded(*_distinct(frame["branch_code"])),
+        "customer_class": _Coded(*_distinct(frame["customer_class"])),
+        "aum": frame["aum"].to_numpy(dtype="float64", na_value=np.nan),
+        "aum_peak": frame["aum_peak"].to_numpy(dtype="float64", na_value=np.nan),
+        "export_date": _Coded(day_codes.astype(np.int32), pa.array(day_labels, pa.string())),
+        "unparsable_value": unparsable,
     }
+
+
+def _masks(columns: Mapping[str, Column], ctx: SuiteContext) -> dict[str, np.ndarray]:
+    """Each column rule's failing rows: the registry's predicates, the same GX evaluates."""
+    return {
+        check.name: failing_rows(check.rule, columns[check.rule.column], ctx)
+        for check in CHECKS
+        if check.rule is not None and check.rule.column is not None
+    }
+
+
+def failing_rows(rule: Rule, column: Column, ctx: SuiteContext) -> np.ndarray:
+    """The rows a rule fails, as a numpy bool mask. Missing values fail only not_null (as in GX)."""
+    if isinstance(column, _Coded):
+        codes = column.codes
+        if rule.kind == "not_null":
+            return codes < 0
+        if rule.kind == "unique":
+            present = codes >= 0
+            counts = np.bincount(codes[present], minlength=1)
+            return present & (counts[np.where(present, codes, 0)] > 1)
+        if rule.kind == "in_set":
+            ok = pc.is_in(column.values, value_set=pa.array(list(rule.allowed(ctx)), pa.string()))
+        elif rule.kind == "regex":
+            ok = pc.fill_null(pc.match_substring_regex(column.values, rule.pattern), False)
+        else:
+            raise ValueError(f"rule {rule.kind} does not apply to a coded column")
+        return _spread(pc.invert(ok), codes)
+    if rule.kind == "not_null":
+        return pd.isna(column)
+    if rule.kind == "in_set":
+        return ~np.isin(column, list(rule.allowed(ctx)))
+    if rule.kind == "at_least":
+        with np.errstate(invalid="ignore"):
+            return column < rule.minimum
+    raise ValueError(f"rule {rule.kind} does not apply to a plain column")
+
+
+def _gx_frame(columns: Mapping[str, Column]) -> pd.DataFrame:
+    """The validated columns in forms that are cheap to fingerprint: repeating ones as
+    categoricals (GX hashes, filters and tests set membership on their small integer codes)."""
+    out: dict[str, Any] = {}
+    for name, column in columns.items():
+        if not isinstance(column, _Coded):
+            out[name] = column
+        elif column.values is None:
+            codes = column.codes
+            out[name] = pd.Categorical.from_codes(
+                codes, categories=pd.RangeIndex(int(codes.max(initial=-1)) + 1), validate=False
+            )
+        elif name in _TEXT_FOR_GX:
+            codes = column.codes
+            out[name] = pc.take(column.values, pa.array(codes, mask=codes < 0)).to_pandas()
+        else:
+            out[name] = _categorical(column.codes, column.values)
+    return pd.DataFrame(out, copy=False)
+
+
+def export_profile(
+    frame: pd.DataFrame, columns: Mapping[str, Column] | None = None
+) -> dict[str, Any]:
+    """Shares per column (empty, zero, yes), AUM's median and the amounts' maximum: aggregates
+    only, the baseline against which the next export's distribution is judged. Amount arrays
+    already made for the gate (`columns`) are reused."""
+    rows = len(frame)
+    columns = columns or {}
+    profile: dict[str, dict[str, float | None]] = {}
+    for column in LOADED_COLUMNS:
+        values = frame[column.field]
+        if column.kind in ("mobile", "branch", "class"):
+            # Missing text is "" (see the loader): count zero-length values on the Arrow data.
+            empty = pc.sum(pc.equal(pc.binary_length(_arrow_text(values)), 0)).as_py() or 0
+        else:
+            missing = values.isna().to_numpy(dtype=bool)
+            bad = frame.get(f"_bad_{column.field}")
+            if bad is not None:
+                missing = missing & ~bad.to_numpy(dtype=bool)
+            empty = int(missing.sum())
+        entry: dict[str, float | None] = {"empty": empty / rows if rows else 0.0}
+        if column.kind == "decimal":
+            numbers = columns.get(column.field)
+            if not isinstance(numbers, np.ndarray):
+                numbers = values.to_numpy(dtype="float64", na_value=np.nan)
+            nan = np.isnan(numbers)
+            present = len(numbers) - int(np.count_nonzero(nan))
+            entry["zero"] = np.count_nonzero(numbers == 0) / present if present else None
+            entry["max"] = float(np.fmax.reduce(numbers)) if present else None
+            if column.field == "aum":  # a unit change moves the median; peaks follow it
+                # Every k-th row is plenty to see a tenfold move, at a tenth of the cost.
+                step = max(1, len(numbers) // 100_000)
+                sampled = numbers[::step][~nan[::step]]
+                entry["median"] = float(np.median(sampled)) if len(sampled) else None
+        elif column.kind == "flag":
+            answered = ~values.isna().to_numpy(dtype=bool)
+            yes = values.to_numpy(dtype=bool, na_value=False)
+            count = int(np.count_nonzero(answered))
+            entry["yes"] = np.count_nonzero(yes) / count if count else None
+        profile[column.field] = entry
+    return {"rows": rows, "columns": profile}
+
+
+def _named(field_name: str) -> str:
+    return f"{_HEADERS.get(field_name, field_name)} ({field_name})"
+
+
+def _empty_required(profile: Mapping[str, Any]) -> list[str]:
+    """The required columns that are empty on every row."""
+    if not profile.get("rows"):
+        return []
+    return [
+        c.field
+        for c in LOADED_COLUMNS
+        if c.required and profile["columns"][c.field]["empty"] >= 1.0
+    ]
+
+
+def _collapsed(
+    profile: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    limits: CollapseLimits,
+    *,
+    skip: Sequence[str] = (),
+) -> list[str]:
+    """What collapsed against the previous accepted export's profile, in words (and AUM beyond
+    any plausible bound, which needs no baseline)."""
+    if not profile.get("rows"):
+        return []
+    now = profile["columns"]
+    found: list[str] = []
+    for field_name in ("aum", "aum_peak"):
+        top = now[field_name].get("max")
+        if top is not None and top > limits.aum_plausible_max:
+            found.append(
+                f"column {_named(field_name)} reaches {top:,.0f}, above the plausible "
+                f"{limits.aum_plausible_max:,.0f}"
+            )
+    before = (previous or {}).get("columns") or {}
+    for column in LOADED_COLUMNS:
+        old, new = before.get(column.field), now[column.field]
+        if not old or column.field in skip:  # already reported as empty on every row
+            continue
+        name = _named(column.field)
+        if new["empty"] - old["empty"] > limits.max_empty_share_rise:
+            found.append(f"column {name} is {new['empty']:.0%} empty (was {old['empty']:.0%})")
+            continue
+        if column.kind == "decimal":
+            zero_now, zero_then = new.get("zero"), old.get("zero")
+            if (
+                zero_now is not None
+                and zero_then is not None
+                and zero_now - zero_then > limits.max_zero_share_rise
+            ):
+                found.append(f"column {name} is {zero_now:.0%} zero (was {zero_then:.0%})")
+            median_now, median_then = new.get("median"), old.get("median")
+            if column.field == "aum" and median_now and median_then and median_then > 0:
+                ratio = median_now / median_then
+                if ratio > limits.aum_median_factor or ratio < 1 / limits.aum_median_factor:
+                    found.append(
+                        f"median {name} moved {ratio:.3g}x ({median_then:,.0f} -> "
+                        f"{median_now:,.0f}): a unit or scale change?"
+                    )
+        elif column.kind == "flag":
+            yes_now, yes_then = new.get("yes"), old.get("yes")
+            if yes_now is None or yes_then is None:
+                continue
+            mixed = min(yes_then, 1 - yes_then) >= limits.flag_mixed_share
+            ratio = limits.flag_collapse_ratio
+            if mixed and (yes_now < yes_then * ratio or 1 - yes_now < (1 - yes_then) * ratio):
+                side = "no" if yes_now < yes_then * ratio else "yes"
+                found.append(
+                    f"flag {name} is {1 - yes_now if side == 'no' else yes_now:.0%} {side} "
+                    f"(was {yes_then:.0%} yes)"
+                )
+    return found
+
+
+def _sentence(parts: Sequence[str]) -> str | None:
+    return "; ".join(parts) if parts else None
+
+
+def prune_data_docs(root: Path, *, keep_days: int, keep_blocked: bool, now: datetime) -> list[Path]:
+    """Remove the Data Docs folders under `root` older than keep_days (a blocked run's stay
+    when keep_blocked); return what was removed."""
+    if not root.is_dir():
+        return []
+    removed: list[Path] = []
+    cutoff = now.timestamp() - keep_days * 86_400
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        verdict = _verdict(folder)
+        if keep_blocked and verdict is not None and not verdict.get("passed", True):
+            continue
+        if folder.stat().st_mtime < cutoff:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _verdict(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / VERDICT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _remember_verdict(
+    data_docs: Path | None, docs_dir: Path | None, passed: bool, label: str
+) -> None:
+    if data_docs is not None and docs_dir is not None:
+        (Path(docs_dir) / VERDICT_FILE).write_text(
+            json.dumps({"passed": passed, "export_date": label})
+        )
+
+
+def data_docs_link(index: Path, reports_dir: Path, base_url: str | None) -> tuple[str, str | None]:
+    """Data Docs as ops reach them: the path relative to reports_dir, and, when reports_dir is
+    served at `base_url`, the URL."""
+    relative = Path(index).resolve().relative_to(Path(reports_dir).resolve()).as_posix()
+    if not base_url:
+        return relative, None
+    return relative, f"{base_url.rstrip('/')}/{quote(relative)}"
+
+
+def store_profile(engine: sa.Engine, export_id: int, profile: Mapping[str, Any]) -> None:
+    """Keep an export's value profile in its report (under PROFILE_KEY): the next baseline."""
+    with Session(engine) as session, session.begin():
+        export = session.get(Export, export_id)
+        export.report = {**(export.report or {}), PROFILE_KEY: dict(profile)}
+
+
+def previous_profile(engine: sa.Engine, before_id: int) -> dict[str, Any] | None:
+    """The value profile of the last export before this one the gate let through (the volume
+    check's baseline too), if it kept one."""
+    with Session(engine) as session:
+        report = session.scalars(
+            sa.select(Export.report)
+            .where(Export.id < before_id, Export.status.in_([PASSED, *COMMITTED]))
+            .order_by(Export.id.desc())
+        ).first()
+    return (report or {}).get(PROFILE_KEY)
+
+
+def _no_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.iloc[0:0][_public_columns(frame)]
 
 
 def _id_codes(ids: pa.Array) -> np.ndarray:
@@ -287,10 +690,6 @@ def _distinct(series: pd.Series) -> tuple[np.ndarray, pa.Array]:
     encoded = pc.dictionary_encode(_arrow_text(series))
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False)
     return codes.astype(np.int32, copy=False), encoded.dictionary
-
-
-def _is_in(words: pa.Array, allowed: Sequence[str]) -> pa.Array:
-    return pc.is_in(words, value_set=pa.array(list(allowed), pa.string()))
 
 
 def _spread(verdicts: pa.Array, codes: np.ndarray) -> np.ndarray:
@@ -334,35 +733,6 @@ def _mobile_shapes(mobiles: pa.Array) -> tuple[np.ndarray, pa.Array]:
         codes[others] = np.where(local < 0, -1, local + len(shapes))
         shapes.extend(encoded.dictionary.to_pylist())
     return codes, pa.array(shapes, pa.string())
-
-
-def _validation_frame(frame: pd.DataFrame, masks: dict[str, Any]) -> pd.DataFrame:
-    """Only the columns the suite checks, in forms that are cheap to fingerprint (see suite).
-
-    Repeating columns go to GX as categoricals: it hashes, filters and tests set membership
-    on their small integer codes. The mobile shape stays text: GX turns a categorical into
-    text before matching a pattern.
-    """
-    codes = masks["_id_codes"]
-    ids = pd.Categorical.from_codes(
-        codes, categories=pd.RangeIndex(int(codes.max(initial=-1)) + 1), validate=False
-    )
-    day_codes, days = pd.factorize(frame["export_date"], use_na_sentinel=True)
-    day_labels = [d.strftime("%Y-%m-%d") for d in pd.DatetimeIndex(days)] + [""]
-    day_codes = np.where(day_codes < 0, len(day_labels) - 1, day_codes)
-    return pd.DataFrame(
-        {
-            "customer_id": ids,
-            "mobile": masks["_mobile_shapes"].to_pandas(),
-            "branch_code": _categorical(*masks["_branch_codes"]),
-            "customer_class": _categorical(*masks["_class_codes"]),
-            "aum": frame["aum"].to_numpy(dtype="float64", na_value=np.nan),
-            "aum_peak": frame["aum_peak"].to_numpy(dtype="float64", na_value=np.nan),
-            "export_date": pd.Categorical.from_codes(day_codes, categories=day_labels),
-            "unparsable_value": masks["types_parse"],
-        },
-        copy=False,
-    )
 
 
 def _categorical(codes: np.ndarray, words: pa.Array) -> pd.Categorical:
@@ -494,49 +864,6 @@ class _Sampler:
             if len(sample) == SAMPLE_SIZE:
                 break
         return sample
-
-
-def _detail(
-    check: str,
-    count: int,
-    sample: list[str],
-    *,
-    frame: pd.DataFrame,
-    masks: dict[str, Any],
-    problem: str | None,
-    expected: str,
-    previous_row_count: int | None,
-    volume_tolerance: float,
-) -> str:
-    """One ops-readable phrase for a failed check, with counts and masked samples."""
-    samples = f" (sample: {', '.join(sample)})" if sample else ""
-    if check in _ROW_PHRASES:
-        return f"{count:,} {_ROW_PHRASES[check]}{samples}"
-    if check == "types_parse":
-        if problem:
-            return problem
-        by_column = [
-            f"{name} {int(frame[f'_bad_{name}'].sum()):,}"
-            for name in PARSED_FIELDS
-            if f"_bad_{name}" in frame.columns and frame[f"_bad_{name}"].any()
-        ]
-        return f"{count:,} rows with unparsable values ({', '.join(by_column)}){samples}"
-    if check == "export_date_expected":
-        found = pd.unique(frame.loc[masks[check], "export_date"])[:3]
-        dates = ", ".join(
-            "empty" if pd.isna(d) else pd.Timestamp(d).date().isoformat() for d in found
-        )
-        return f"{count:,} rows not dated {expected} (found {dates}){samples}"
-    if check == "row_count_stable":
-        low, high = row_count_bounds(previous_row_count, volume_tolerance)
-        change = len(frame) / previous_row_count - 1 if previous_row_count else 0.0
-        return (
-            f"{len(frame):,} rows against {previous_row_count or 0:,} in the last accepted export "
-            f"({change:+.1%}; allowed {low:,}-{high or 0:,}, ±{volume_tolerance:.0%})"
-        )
-    if check == "not_empty":
-        return problem or "the file has a header but no data rows"
-    return problem or f"{check} failed"
 
 
 def _quarantine(frame: pd.DataFrame, masks: dict[str, Any], row_any: np.ndarray) -> pd.DataFrame:

@@ -14,6 +14,16 @@ ROW_ERRORS: dict[int, str] = {
 }
 
 
+# How a sync ended, as the report's title says it.
+SENT, DRY_RUN, BLOCKED, ALREADY_SYNCED = "sent", "dry run", "blocked", "already synced"
+TITLES = {
+    SENT: "sent to WeCom",
+    DRY_RUN: "dry run: nothing was sent",
+    BLOCKED: "blocked: nothing was sent",
+    ALREADY_SYNCED: "already synced: nothing was sent",
+}
+
+
 @dataclass
 class SyncSummary:
     """Everything one tag sync reports. Only counts and masked ids: no mobiles, no names."""
@@ -21,6 +31,7 @@ class SyncSummary:
     export_file: str
     export_date: str | None
     dry_run: bool
+    outcome: str = ""  # SENT, DRY_RUN, BLOCKED or ALREADY_SYNCED, once known
     checks_total: int = 0
     checks_failed: int = 0
     rows_read: int = 0
@@ -38,6 +49,10 @@ class SyncSummary:
     calls_reconciled: int = 0
     calls_resent: int = 0
     calls_failed: int = 0
+    # mark_tag requests WeCom received from this run: every attempt, the resumed push, the
+    # client's retries and the push task's retries included.
+    mark_tag_requests: int = 0
+    tags_retired: list[str] = field(default_factory=list)  # group/tag deleted from WeCom
     row_errors: dict[int, int] = field(default_factory=dict)
     tag_counts: list[tuple[str, str, int, int]] = field(
         default_factory=list
@@ -49,15 +64,23 @@ class SyncSummary:
         out = dict(self.__dict__)
         out["row_errors"] = {str(k): v for k, v in self.row_errors.items()}
         out["tag_counts"] = [list(t) for t in self.tag_counts]
+        out["tags_retired"] = list(self.tags_retired)
         return out
 
 
-def record_push(summary: SyncSummary, pushed: Any, row_error_threshold: float) -> bool:
+def record_push(
+    summary: SyncSummary, pushed: Any, row_error_threshold: float, requests: int | None = None
+) -> bool:
     """Put a push's outcome into the summary and its message; True when WeCom refused too many.
 
-    `pushed` is the outbox's DrainReport. Refused rows below the threshold are warnings: the run
-    completes and the report lists them by error code.
+    `pushed` is the outbox's DrainReport; `requests` the mark_tag requests the run made (the
+    client's count, retries included), which is what the message reports. Refused rows below
+    the threshold are warnings: the run completes and the report lists them by error code.
     """
+    summary.outcome = SENT
+    summary.mark_tag_requests = (
+        pushed.sent + pushed.resent + pushed.failed if requests is None else requests
+    )
     summary.calls_sent = pushed.sent
     summary.calls_reconciled = pushed.reconciled
     summary.calls_resent = pushed.resent
@@ -67,8 +90,10 @@ def record_push(summary: SyncSummary, pushed: Any, row_error_threshold: float) -
     refused_share = pushed.failed / attempted if attempted else 0.0
     summary.message = (
         f"{summary.export_file}: {summary.pairs_changed:,} contact pairs changed with "
-        f"{pushed.sent + pushed.resent:,} mark_tag calls; {pushed.failed:,} refused by WeCom"
+        f"{summary.mark_tag_requests:,} mark_tag requests; {pushed.failed:,} refused by WeCom"
     )
+    if summary.tags_retired:
+        summary.message += f"; {len(summary.tags_retired)} retired tags deleted"
     if refused_share > row_error_threshold:
         summary.message += (
             f" ({refused_share:.1%} of calls, above the {row_error_threshold:.0%} threshold) - check "
@@ -104,29 +129,54 @@ def gate_markdown(
 
 
 def sync_markdown(s: SyncSummary) -> str:
-    """The sync's report: rows, pairs, calls, per-row errors and per-tag counts before and after."""
-    mode = "dry run: nothing was sent" if s.dry_run else "sent to WeCom"
+    """The sync's report: rows, pairs, calls, per-row errors and per-tag counts before and after.
+
+    A blocked or already-synced run says so in its title and shows only what it did (no rows of
+    zeros for steps that never ran).
+    """
+    outcome = s.outcome or (DRY_RUN if s.dry_run else SENT)
     lines = [
-        f"# Tag sync of {s.export_file} ({s.export_date or 'unknown date'}), {mode}",
+        f"# Tag sync of {s.export_file} ({s.export_date or 'unknown date'}), {TITLES[outcome]}",
         "",
         s.message,
+    ]
+    if outcome == ALREADY_SYNCED:
+        return "\n".join(lines)
+    rows = [
         "",
         "| | count |",
         "|---|---:|",
         f"| checks passed | {s.checks_total - s.checks_failed} of {s.checks_total} |",
-        f"| rows read / accepted / quarantined | {s.rows_read:,} / {s.rows_accepted:,} / {s.rows_quarantined:,} |",
+    ]
+    if s.rows_read or outcome != BLOCKED:
+        rows.append(
+            f"| rows read / accepted / quarantined | {s.rows_read:,} / {s.rows_accepted:,} / "
+            f"{s.rows_quarantined:,} |"
+        )
+    if outcome == BLOCKED:
+        return "\n".join(lines + rows)
+    rows += [
         f"| contact pairs managed (bound to a customer in this export) | {s.pairs_managed:,} |",
         f"| contact pairs left as they are (no customer in this export) | {s.pairs_unbound:,} |",
         f"| contact pairs with ambiguous remark mobiles (left as they are) | {s.pairs_ambiguous:,} |",
         f"| pairs to change / tags to add / tags to remove | {s.pairs_changed:,} / {s.tags_added:,} / {s.tags_removed:,} |",
         f"| managed tags created in WeCom | {s.tags_created:,} |",
-        f"| mark_tag calls planned / sent / settled without a call / resent | {s.calls_planned:,} / {s.calls_sent:,} / {s.calls_reconciled:,} / {s.calls_resent:,} |",
-        f"| rows WeCom refused | {s.calls_failed:,} |",
     ]
+    if outcome == SENT:
+        rows += [
+            f"| mark_tag requests made (every attempt, retries included) | {s.mark_tag_requests:,} |",
+            f"| changes planned / sent / settled without a call / resent | {s.calls_planned:,} / {s.calls_sent:,} / {s.calls_reconciled:,} / {s.calls_resent:,} |",
+            f"| rows WeCom refused | {s.calls_failed:,} |",
+            f"| retired tags deleted from WeCom | {len(s.tags_retired):,} |",
+        ]
+    lines += rows
     if s.row_errors:
         lines += ["", "## Rows WeCom refused", "", "| code | meaning | rows |", "|---:|---|---:|"]
         for code, n in sorted(s.row_errors.items()):
             lines.append(f"| {code} | {ROW_ERRORS.get(code, 'other error')} | {n:,} |")
+    if s.tags_retired:
+        lines += ["", "## Retired tags deleted from WeCom", ""]
+        lines += [f"- {name}" for name in s.tags_retired]
     if s.tag_counts:
         lines += [
             "",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import pandas as pd
 import sqlalchemy as sa
 from prefect import get_run_logger, task
 from prefect.artifacts import (
+    create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
@@ -24,23 +28,40 @@ from siyu.blocks.export_source import ExportSource
 from siyu.blocks.wecom import WeComApp
 from siyu.schemas.models import Contact
 from siyu.schemas.tag_rules import MAX_MANAGED_TAGS, TagRuleSet
-from siyu.tasks.export import file_checksum, load_export, newest_export
+from siyu.tasks.export import (
+    ExportRefused,
+    LoadProblem,
+    file_checksum,
+    load_export,
+    newest_export,
+    resolve_export_path,
+)
 from siyu.tasks.export_registry import (
     ExportRecord,
+    mark_accepted,
     mark_synced,
     previous_row_count,
     record_verdict,
     register_export,
 )
 from siyu.tasks.outbox import DrainReport, enqueue, supersede
-from siyu.tasks.quality import GateResult, run_gate
+from siyu.tasks.quality import (
+    GateResult,
+    data_docs_link,
+    previous_profile,
+    prune_data_docs,
+    run_gate,
+    store_profile,
+)
 from siyu.tasks.reports import SyncSummary, gate_markdown, sync_markdown
 from siyu.tasks.tag_push import (
-    MARK_TAG,
+    TAG_SYNC_PLAN,
+    Catalog,
     ensure_catalog,
     plan_mark_tag_calls,
     push_tag_changes,
     reachable_contact_mobiles,
+    retire_unused_tags,
     synced_bits,
 )
 from siyu.tasks.tagging import count_bits, desired_for_contacts, diff_tags
@@ -71,22 +92,30 @@ class ReceivedExport:
     record: ExportRecord
 
 
-@task(name="receive export", **STEP)
-def receive_export(
-    source: ExportSource, database: SiyuDatabase, export_file: str | None
-) -> ReceivedExport:
-    """Find the export (the named file or the newest landed one) and look its content up."""
-    if export_file:
-        path = Path(export_file)
-        if not path.is_file():
-            raise ExportNotFound(f"export file {path} does not exist - check the path and rerun")
-    else:
-        path = newest_export(source.landing_path())
-        if path is None:
+def find_export(source: ExportSource, export_file: str | None) -> Path:
+    """The export to sync: the named file inside the landing directory, or the newest landed one.
+
+    A named file outside the landing directory (after resolving links), a directory or a FIFO is
+    refused unread, with `ExportNotFound` saying why.
+    """
+    if not export_file:
+        newest = newest_export(source.landing_path())
+        if newest is None:
             raise ExportNotFound(
                 f"no export in {source.landing_path()} - wait for the core-banking export to land, "
                 "or run tag-sync with export_file set"
             )
+        export_file = newest.name  # a landed link is confined like a named file
+    try:
+        path = resolve_export_path(source.landing_path(), export_file)
+    except ExportRefused as refused:
+        raise ExportNotFound(str(refused)) from None
+    return path
+
+
+@task(name="receive export", **STEP)
+def receive_export(source: ExportSource, database: SiyuDatabase, path: Path) -> ReceivedExport:
+    """Look the export's content up in siyu's records (registering it if it is new)."""
     engine = database.get_engine()
     try:
         record = register_export(engine, path, file_checksum(path), _flow_run_id())
@@ -105,14 +134,25 @@ def gate_export(
     row_failure_threshold: float | None,
 ) -> GateResult:
     """Load the export and run the quality gate; store the verdict and quarantine; report it."""
-    loaded = load_export(received.path, source.layout)
-    engine = database.get_engine()
-    try:
-        docs_dir = (
-            source.reports_path()
-            / "data-docs"
-            / f"export-{received.record.id}-{_flow_run_id() or 'local'}"
+    loaded = load_export(
+        received.path,
+        source.layout,
+        completeness=source.completeness,
+        stable_seconds=source.stable_seconds,
+        timezone=source.timezone,
+    )
+    if loaded.checksum and loaded.checksum != received.record.checksum:
+        loaded.problems.append(
+            LoadProblem(
+                "file_complete",
+                "the file changed after it was received: it is still being written, wait "
+                "until it has landed",
+            )
         )
+    engine = database.get_engine()
+    docs_root = source.reports_path() / "data-docs"
+    try:
+        docs_dir = docs_root / f"export-{received.record.id}-{_flow_run_id() or 'local'}"
         gate = run_gate(
             loaded,
             expected_date=business_date,
@@ -125,6 +165,8 @@ def gate_export(
                 else row_failure_threshold
             ),
             docs_dir=docs_dir,
+            previous_profile=previous_profile(engine, received.record.id),
+            limits=source.collapse,
         )
         record_verdict(
             engine,
@@ -138,22 +180,64 @@ def gate_export(
             quarantined=gate.quarantined,
             message=gate.message,
         )
+        if gate.passed:
+            store_profile(engine, received.record.id, gate.profile)
     finally:
         engine.dispose()
+    prune_data_docs(
+        docs_root,
+        keep_days=source.data_docs_keep_days,
+        keep_blocked=source.data_docs_keep_blocked,
+        now=datetime.now(UTC),
+    )
+    docs_path, docs_url = (
+        data_docs_link(gate.data_docs, source.reports_path(), source.reports_base_url)
+        if gate.data_docs
+        else (None, None)
+    )
     create_markdown_artifact(
         gate_markdown(
             f"Quality gate: {received.path.name}",
             gate.checks,
             gate.passed,
             gate.message,
-            str(gate.data_docs) if gate.data_docs else None,
+            docs_url or docs_path,
         ),
         key="export-quality-gate",
         description=f"Great Expectations gate of {received.path.name}",
     )
+    if docs_url:
+        create_link_artifact(
+            docs_url, link_text="Data Docs of this gate run", key="export-data-docs"
+        )
     logger = get_run_logger()
     (logger.info if gate.passed else logger.error)("%s", gate.message)
     return gate
+
+
+MARK_TAG_API = "externalcontact/mark_tag"
+
+
+class RequestTally:
+    """WeCom requests per API, summed over every client and every attempt of a run's tasks.
+
+    A plain object on purpose: Prefect hands it to each task run (and each retry of one) as it
+    is, so requests made by an attempt that failed are still counted.
+    """
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, calls: Mapping[str, int]) -> None:
+        """Add a client's `calls` counter."""
+        with self._lock:
+            self._counts.update(calls)
+
+    def get(self, api: str) -> int:
+        """Requests made to `api` so far."""
+        with self._lock:
+            return self._counts[api]
 
 
 @dataclass
@@ -163,6 +247,7 @@ class TagPlan:
     batch: str
     planned: int
     summary: SyncSummary
+    catalog: Catalog
 
 
 @task(name="plan tag changes", **STEP)
@@ -175,7 +260,10 @@ def plan_tag_changes(
     accepted: pd.DataFrame,
     summary: SyncSummary,
 ) -> TagPlan:
-    """Bind contacts to customers, evaluate the rules, diff against synced tags, store the calls."""
+    """Bind contacts to customers, evaluate the rules, diff against synced tags, store the calls.
+
+    A dry run only reads: it creates no tag, stores no binding, no outbox entry, no status.
+    """
     engine = database.get_engine()
     client = wecom.get_client()
     try:
@@ -183,7 +271,9 @@ def plan_tag_changes(
         pairs, binding = desired_for_contacts(
             accepted, reachable_contact_mobiles(engine), rules, source.salt()
         )
-        diff = diff_tags(pairs, synced_bits(engine, catalog), len(catalog.tags))
+        diff = diff_tags(
+            pairs, synced_bits(engine, catalog), len(catalog.tags), catalog.retired_bits
+        )
         summary.pairs_managed = len(pairs)
         summary.pairs_unbound = binding.unmatched_pairs
         summary.pairs_ambiguous = binding.ambiguous_pairs
@@ -199,10 +289,13 @@ def plan_tag_changes(
         ]
         planned = 0
         if not summary.dry_run:
+            # Accepted before the entries are stored: a crash from here on is resumed by the
+            # next run, which finishes this batch before it plans again.
+            mark_accepted(engine, record.id)
             _remember_bindings(engine, pairs)
-            supersede(engine, MARK_TAG, record.batch)
-            calls = plan_mark_tag_calls(diff.changes, catalog)
-            enqueue(engine, record.batch, calls)
+            supersede(engine, TAG_SYNC_PLAN, record.batch)
+            calls = plan_mark_tag_calls(diff.changes, catalog, record.batch)
+            enqueue(engine, record.batch, calls, plan=TAG_SYNC_PLAN)
             planned = len(calls)
         summary.calls_planned = planned
     finally:
@@ -215,7 +308,7 @@ def plan_tag_changes(
         summary.tags_added,
         summary.tags_removed,
     )
-    return TagPlan(batch=record.batch, planned=planned, summary=summary)
+    return TagPlan(batch=record.batch, planned=planned, summary=summary, catalog=catalog)
 
 
 def _popcount(bits: pd.Series) -> int:
@@ -251,25 +344,36 @@ def _remember_bindings(engine: sa.Engine, pairs: pd.DataFrame) -> None:
 
 
 @task(name="push tag changes", retries=2, retry_delay_seconds=20, **STEP)
-def push_tags(wecom: WeComApp, database: SiyuDatabase, batch: str) -> DrainReport:
-    """Send the batch's outbox to WeCom, settling unknown outcomes first. Safe to rerun."""
+def push_tags(
+    wecom: WeComApp, database: SiyuDatabase, batch: str, tally: RequestTally | None = None
+) -> DrainReport:
+    """Send the batch's outbox to WeCom, settling unknown outcomes first. Safe to rerun.
+
+    Every request this attempt makes is added to `tally`, also when the attempt fails.
+    """
     engine = database.get_engine()
     client = wecom.get_client()
-    progress_id = create_progress_artifact(0.0, description=f"mark_tag calls of {batch}")
-    step = {"next": 0.0}
+    # The progress card is made at the first settled call: a drain with nothing left to send
+    # (a finished batch) shows none.
+    step: dict = {"next": 0.0, "id": None}
 
     def progress(done: int, total: int) -> None:
         share = 100.0 * done / total
+        if step["id"] is None:
+            step["id"] = create_progress_artifact(share, description=f"mark_tag calls of {batch}")
         if share >= step["next"] or done == total:
-            update_progress_artifact(progress_id, share)
+            update_progress_artifact(step["id"], share)
             step["next"] = share + 5.0
 
     try:
         report = push_tag_changes(client, engine, batch, progress=progress)
     finally:
+        if tally is not None:
+            tally.add(client.calls)
         client.close()
         engine.dispose()
-    update_progress_artifact(progress_id, 100.0)
+    if step["id"] is not None:
+        update_progress_artifact(step["id"], 100.0)
     get_run_logger().info(
         "sent %s, settled without a call %s, resent %s, refused %s",
         report.sent,
@@ -278,6 +382,27 @@ def push_tags(wecom: WeComApp, database: SiyuDatabase, batch: str) -> DrainRepor
         report.failed,
     )
     return report
+
+
+@task(name="retire unused tags", retries=2, retry_delay_seconds=20, **STEP)
+def retire_tags(wecom: WeComApp, database: SiyuDatabase, catalog: Catalog) -> list[str]:
+    """Delete from WeCom the retired managed tags that no contact carries any more."""
+    if not catalog.retired:
+        return []
+    engine = database.get_engine()
+    client = wecom.get_client()
+    try:
+        retired = retire_unused_tags(client, engine, catalog)
+    finally:
+        client.close()
+        engine.dispose()
+    waiting = len(catalog.retired) - len(retired)
+    get_run_logger().info(
+        "retired tags deleted from WeCom: %s; still carried, kept for a later run: %s",
+        ", ".join(retired) or "none",
+        waiting,
+    )
+    return retired
 
 
 @task(name="report tag sync", **STEP)

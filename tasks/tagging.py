@@ -91,16 +91,35 @@ class TagDiff:
     counts_after: np.ndarray  # per managed tag: pairs carrying it once the push is done
 
 
-def diff_tags(pairs: pd.DataFrame, synced: pd.DataFrame, n_tags: int) -> TagDiff:
+def diff_tags(
+    pairs: pd.DataFrame, synced: pd.DataFrame, n_tags: int, retired_bits: int = 0
+) -> TagDiff:
     """Desired minus synced, per pair.
 
     `pairs`: userid, external_userid, customer_id, desired (uint64): the pairs to manage.
     `synced`: userid, external_userid, bits (uint64): managed tags last known on each pair.
-    Only pairs in `pairs` are touched; a pair without synced tags starts from none.
+    `retired_bits`: tags siyu managed and the rules no longer name. No pair desires them, and
+    they are removed from every pair that carries one, bound to a customer of this export or not.
+    Otherwise only pairs in `pairs` are touched; a pair without synced tags starts from none.
     """
     merged = pairs.merge(synced, on=["userid", "external_userid"], how="left")
+    retired = np.uint64(retired_bits)
+    if retired_bits:
+        # Pairs outside this export that carry a retired tag: they lose it and keep the rest.
+        others = synced.merge(
+            pairs[["userid", "external_userid"]],
+            on=["userid", "external_userid"],
+            how="left",
+            indicator=True,
+        )
+        others = others[others["_merge"] == "left_only"]
+        carrying = others["bits"].to_numpy(dtype=np.uint64) & retired
+        others = others.loc[carrying != 0, ["userid", "external_userid", "bits"]]
+        others["customer_id"] = None
+        others["desired"] = others["bits"].to_numpy(dtype=np.uint64) & ~retired
+        merged = pd.concat([merged, others[merged.columns]], ignore_index=True)
     before = merged["bits"].fillna(0).to_numpy(dtype=np.uint64)
-    desired = merged["desired"].to_numpy(dtype=np.uint64)
+    desired = merged["desired"].to_numpy(dtype=np.uint64) & ~retired
     add = desired & ~before
     remove = before & ~desired
     changed = (add | remove) != 0

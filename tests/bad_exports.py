@@ -33,12 +33,22 @@ CORPUS_EXPECTED_FAILURES: dict[str, set[str]] = {
     "negative_aum_2pct": {"aum_non_negative", "quarantine_share"},
     "type_garbage": {"types_parse"},
     "quarantine_small": {"mobile_format"},
+    # Exports that look whole but are not (each judged against the base export's profile).
+    "duplicate_header": {"header_unique"},
+    "empty_aum": {"required_values"},
+    "empty_flags": {"required_values"},
+    "flags_all_no": {"distribution_stable"},
+    "aum_all_zero": {"distribution_stable"},
+    "aum_implausible": {"distribution_stable"},
+    # Misleading reasons, now named for what they are.
+    "mixed_encoding": {"encoding"},
+    "empty_file": {"not_empty"},
 }
 CORPUS_ROWS = 1000
 # previous_row_count each corpus case assumes: the last accepted export's size.
 CORPUS_PREVIOUS_ROW_COUNT: dict[str, int | None] = {
     name: CORPUS_ROWS for name in CORPUS_EXPECTED_FAILURES
-} | {"volume_drop": 2 * CORPUS_ROWS, "header_only": None}
+} | {"volume_drop": 2 * CORPUS_ROWS, "header_only": None, "empty_file": None}
 # Rows each row-level case breaks (0-based positions).
 NEGATIVE_AUM_ROWS = list(range(0, CORPUS_ROWS, 50))  # 20 rows: 2 %
 BAD_MOBILE_ROWS = [3, 250, 500, 750, 999]  # 5 rows: 0.5 %
@@ -147,4 +157,45 @@ def bad_export_corpus(
     frame = good()
     frame.loc[[r % n for r in BAD_MOBILE_ROWS], "mobile"] = BAD_MOBILES
     files["quarantine_small"] = write_export(frame, path("quarantine_small"))
+
+    # The first 当前资产 is a wrong copy (all zero), the second the real one.
+    frame = good()
+    frame.insert(frame.columns.get_loc("aum"), "aum_copy", "0.00")
+    target = path("duplicate_header")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    frame.rename(columns=headers | {"aum_copy": headers["aum"]}).to_csv(
+        target, index=False, encoding="gbk"
+    )
+    files["duplicate_header"] = target
+
+    frame = good()
+    frame["aum"] = ""
+    files["empty_aum"] = write_export(frame, path("empty_aum"))
+
+    frame = good()
+    frame[list(FLAG_FIELDS)] = ""
+    files["empty_flags"] = write_export(frame, path("empty_flags"))
+
+    frame = good()
+    frame[list(FLAG_FIELDS)] = "否"
+    files["flags_all_no"] = write_export(frame, path("flags_all_no"))
+
+    frame = good()
+    frame["aum"] = "0.00"
+    files["aum_all_zero"] = write_export(frame, path("aum_all_zero"))
+
+    frame = good()
+    frame.loc[[0, n // 2], "aum"] = "98765432109876.00"  # fen read as yuan, or worse
+    files["aum_implausible"] = write_export(frame, path("aum_implausible"))
+
+    # A UTF-8 header over a GBK body: a file glued together from two tools.
+    target = write_export(good(), path("mixed_encoding"))
+    header, _, body = target.read_bytes().partition(b"\n")
+    target.write_bytes(header.decode("gbk").encode("utf-8") + b"\n" + body)
+    files["mixed_encoding"] = target
+
+    target = path("empty_file")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"")
+    files["empty_file"] = target
     return files

@@ -12,6 +12,12 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ["SIYU_HOME"] = str(_SESSION_HOME / "siyu")
+# The tests choose the embedded environment (a missing block comes from SIYU_* settings), as
+# `siyu up` does; a test of production sets it back.
+os.environ["SIYU_ENVIRONMENT"] = "embedded"
+# The heartbeat siyu's launchers give flow runs, so a zombie-run automation on the test
+# server never takes a live run for a dead one.
+os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"
 
 import pytest  # noqa: E402
 

@@ -14,7 +14,7 @@ from pydantic import SecretBytes, SecretStr
 
 import siyu.blocks
 
-MODULES = sorted(m.name for m in pkgutil.iter_modules(siyu.blocks.__path__, "siyu.blocks."))
+MODULES = sorted(m.name for m in pkgutil.walk_packages(siyu.blocks.__path__, "siyu.blocks."))
 SECRET_NAME = re.compile(r"secret|password|passwd|token|salt|credential|api_?key|(^|_)key$")
 
 

@@ -18,13 +18,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import requests
-import yaml
 
 from siyu.deployments import serve
 from siyu.deployments.up import descendants, port_is_free
 
 SIYU = Path(sys.executable).with_name("siyu")
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 # STACK.md's flags: no network chatter, no GPU, a throwaway profile per run.
 CHROMIUM_FLAGS = [
@@ -297,7 +295,7 @@ def test_up_serves_the_deployments_the_ui_shows_them_and_ctrl_c_stops_everything
     daily = both_deployments(up.api)[serve.TAG_SYNC_DAILY]
     blocked = requests.post(
         f"{up.api}/deployments/{daily['id']}/create_flow_run",
-        json={"parameters": {"params": {"business_date": "19990101"}}},
+        json={"parameters": {"business_date": "1999-01-01"}},
         timeout=10,
     )
     assert blocked.status_code == 201, blocked.text
@@ -359,13 +357,6 @@ def test_up_refuses_a_taken_port_and_starts_nothing(tmp_path: Path, taken_flag: 
     assert not (home / "prefect" / "prefect.db").exists()
 
 
-def test_descendants_walks_the_whole_process_tree() -> None:
-    tree = [(10, 1), (11, 10), (12, 10), (13, 11), (20, 1), (21, 20)]
-
-    assert descendants(10, lambda: iter(tree)) == {11, 12, 13}
-    assert descendants(13, lambda: iter(tree)) == set()
-
-
 def test_descendants_finds_a_real_child_and_grandchild() -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", "import subprocess, sys; subprocess.run(['sleep', '30'])"]
@@ -378,6 +369,7 @@ def test_descendants_finds_a_real_child_and_grandchild() -> None:
             time.sleep(0.05)
         assert child.pid in found
         assert len(found) == 2
+        assert descendants(child.pid) < found
     finally:
         for pid in descendants(child.pid):
             os.kill(pid, signal.SIGKILL)
@@ -385,23 +377,32 @@ def test_descendants_finds_a_real_child_and_grandchild() -> None:
         child.wait()
 
 
-def test_prefect_yaml_mirrors_the_served_deployments() -> None:
-    config = yaml.safe_load((REPO / "prefect.yaml").read_text())
-    declared = {d["entrypoint"]: d for d in config["deployments"]}
+def test_descendants_of_a_gone_process_are_none() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
 
-    served = serve.deployments()
+    assert descendants(child.pid) == set()
 
-    assert len(declared) == len(served) == 2
-    for runner in served:
-        spec = declared[runner.entrypoint]
-        assert spec["name"] == runner.name
-        assert spec["work_pool"]["name"] == "siyu"
-        assert spec["concurrency_limit"] == runner.concurrency_limit == 1
-        assert set(spec["tags"]) == set(runner.tags)
-        assert [(s["cron"], s["timezone"]) for s in spec["schedules"]] == [
-            (s.schedule.cron, s.schedule.timezone) for s in runner.schedules
-        ]
-    assert config["pull"] == []
+
+def test_an_exported_prefect_home_is_kept(tmp_path: Path, monkeypatch) -> None:
+    from siyu.deployments.up import _prepare_environment
+
+    chosen = tmp_path / "my-prefect-home"
+    monkeypatch.setenv("PREFECT_HOME", str(chosen))
+    monkeypatch.setenv("SIYU_HOME", str(tmp_path / "home"))
+    for key in ("PREFECT_API_URL", "PREFECT_UI_URL", "SIYU_ENVIRONMENT", "SIYU_WECOM_BASE_URL"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # restored after the test
+    previous_umask = os.umask(0o022)
+    try:
+        home = _prepare_environment("http://127.0.0.1:1", "http://127.0.0.1:2")
+    finally:
+        os.umask(previous_umask)
+
+    assert os.environ["PREFECT_HOME"] == str(chosen)
+    assert chosen.is_dir()
+    assert os.environ["SIYU_ENVIRONMENT"] == "embedded"
+    assert home.stat().st_mode & 0o777 == 0o700
+    assert (home / "landing").stat().st_mode & 0o777 == 0o700
 
 
 def test_runs_left_unfinished_are_marked_crashed_with_the_reason(prefect_server) -> None:

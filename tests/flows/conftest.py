@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from siyu.blocks.wecom_client import WeComClient
+from siyu.blocks.wecom import WeComClient
 from siyu.sandbox.sample import SampleSpec, generate
 from siyu.schemas.database import make_engine, upgrade
 from siyu.schemas.export import EXPORT_COLUMNS

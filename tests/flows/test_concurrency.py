@@ -1,32 +1,55 @@
-"""contacts-sync and a tag push never interleave: both hold one Prefect global concurrency slot."""
+"""Runs at the same time never send one change twice: the outbox claim decides, not Prefect slots."""
 
 from __future__ import annotations
 
 import threading
-import time
 
-from prefect.client.orchestration import get_client
-from prefect.concurrency.sync import concurrency
-
-from siyu.deployments.serve import ensure_concurrency_limits
 from siyu.flows.contacts_sync import contacts_sync
-from siyu.tasks.contacts import CONTACT_STATE_LIMIT
+from tests.flows.test_tag_sync import bound_pairs, expected_tags, run_tag_sync, tags_by_pair
 
 
-def test_contacts_sync_waits_while_the_contact_state_is_held(system):
-    ensure_concurrency_limits()
-    ensure_concurrency_limits()  # idempotent
-    try:
-        finished = threading.Event()
-        with concurrency(
-            CONTACT_STATE_LIMIT, occupy=1, lease_duration=60
-        ):  # a tag push in progress
-            worker = threading.Thread(target=lambda: (contacts_sync(), finished.set()))
-            worker.start()
-            time.sleep(3)
-            assert not finished.is_set()
-        worker.join(timeout=120)
-        assert finished.is_set()
-    finally:
-        with get_client(sync_client=True) as client:
-            client.delete_global_concurrency_limit_by_name(CONTACT_STATE_LIMIT)
+def _together(*targets) -> list:
+    """Start every target at once (a barrier), wait for all, return their results in order."""
+    barrier = threading.Barrier(len(targets))
+    results: list = [None] * len(targets)
+
+    def run(i, target):
+        barrier.wait()
+        results[i] = target()
+
+    threads = [threading.Thread(target=run, args=(i, t)) for i, t in enumerate(targets)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not any(thread.is_alive() for thread in threads)
+    return results
+
+
+def test_two_tag_syncs_of_one_export_started_together_send_each_change_once(system):
+    assert contacts_sync(return_state=True).is_completed()
+
+    first, second = _together(run_tag_sync, run_tag_sync)
+
+    assert first.is_completed(), first.message
+    assert second.is_completed(), second.message
+    pairs = bound_pairs(system)
+    assert system.mark_tag_calls() == len(pairs)  # not twice that
+    export = system.export_frame().set_index("customer_id")
+    after = tags_by_pair(system)
+    for pair, customer in pairs.items():
+        assert after[pair][0] == expected_tags(export.loc[customer]), pair
+
+
+def test_contacts_sync_during_a_push_leaves_the_synced_state_right(system):
+    assert contacts_sync(return_state=True).is_completed()
+
+    push, pull = _together(run_tag_sync, lambda: contacts_sync(return_state=True))
+
+    assert push.is_completed(), push.message
+    assert pull.is_completed(), pull.message
+    calls = system.mark_tag_calls()
+    preview = run_tag_sync(dry_run=True)
+    assert preview.is_completed(), preview.message
+    assert system.mark_tag_calls() == calls
+    assert preview.result()["pairs_changed"] == 0  # siyu's record matches WeCom: nothing to redo

@@ -10,7 +10,7 @@ import time
 from collections import Counter
 
 from siyu.flows.contacts_sync import contacts_sync
-from siyu.flows.tag_sync import TagSyncParameters, tag_sync
+from siyu.flows.tag_sync import tag_sync
 from tests.flows.conftest import DAY
 from tests.flows.test_tag_sync import bound_pairs, expected_tags, tags_by_pair
 
@@ -45,9 +45,7 @@ def test_kill_9_mid_push_then_rerun_completes_without_repeats(system, prefect_se
 
     system.sandbox.control("DELETE", "/sandbox/faults")
     before_rerun = system.tag_changes()
-    state = tag_sync(
-        params=TagSyncParameters(business_date=DAY.strftime("%Y%m%d")), return_state=True
-    )
+    state = tag_sync(business_date=DAY, return_state=True)
     assert state.is_completed(), state.message
     report = state.result()
     new_calls = report["calls_sent"] + report["calls_resent"]
@@ -67,7 +65,5 @@ def test_kill_9_mid_push_then_rerun_completes_without_repeats(system, prefect_se
     )
     assert sum(ok.values()) == len(pairs)  # one successful change per pair in all
     assert max(ok.values()) == 1  # and never two for the same pair
-    assert tag_sync(
-        params=TagSyncParameters(business_date=DAY.strftime("%Y%m%d")), return_state=True
-    ).is_completed()
+    assert tag_sync(business_date=DAY, return_state=True).is_completed()
     assert system.tag_changes() == len(pairs)

@@ -8,7 +8,7 @@ from prefect.client.orchestration import get_client
 from sqlalchemy.orm import Session
 
 from siyu.flows.contacts_sync import contacts_sync
-from siyu.flows.tag_sync import TagSyncParameters, tag_sync
+from siyu.flows.tag_sync import tag_sync
 from siyu.sandbox.export_files import write_export
 from siyu.schemas.models import Export, OutboxEntry, QuarantinedRow
 from tests.flows.conftest import DAY
@@ -45,9 +45,7 @@ def expected_tags(row) -> set[str]:
 
 
 def run_tag_sync(**params):
-    return tag_sync(
-        params=TagSyncParameters(business_date=DAY.strftime("%Y%m%d"), **params), return_state=True
-    )
+    return tag_sync(**({"business_date": DAY} | params), return_state=True)
 
 
 def tags_by_pair(system) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
@@ -209,7 +207,7 @@ def test_the_run_reports_counts_in_artifacts_without_personal_data(system):
     keys = {a.key for a in artifacts}
     assert {"export-quality-gate", "tag-sync-report"} <= keys
     report = next(a for a in artifacts if a.key == "tag-sync-report").data
-    assert "资产5万以下" in report and "mark_tag calls" in report
+    assert "资产5万以下" in report and "mark_tag requests" in report
     export = system.export_frame()
     text = "\n".join([str(a.data) for a in artifacts] + [log.message for log in logs])
     leaked = [v for v in pd.concat([export["mobile"], export["name"]]) if v in text]
@@ -253,3 +251,147 @@ def test_no_mobile_or_name_anywhere_siyu_or_prefect_writes(system, caplog, capfd
         found = [m for m in re.findall(r"1[3-9]\d{9}", text) if m in mobiles]
         assert not found, f"a mobile in {where}"
         assert not [n for n in names if n in text], f"a name in {where}"
+
+
+# -- what ops set and read (issue 11: points 5, 6, 8, 11, 15, 16) --------------------------------
+
+
+def test_the_run_form_shows_plain_fields_with_their_defaults():
+    schema = tag_sync.parameters.model_dump()
+    props = schema["properties"]
+    assert set(props) == {"export_file", "dry_run", "business_date", "row_failure_threshold"}
+    assert props["export_file"]["type"] == "string" and props["export_file"]["default"] == ""
+    assert props["dry_run"]["type"] == "boolean" and props["dry_run"]["default"] is False
+    dates = props["business_date"].get("anyOf", [props["business_date"]])
+    assert {"type": "string", "format": "date"} in [
+        {k: v for k, v in d.items() if k in ("type", "format")} for d in dates
+    ]
+    share = props["row_failure_threshold"]
+    assert (share["type"], share["minimum"], share["maximum"], share["default"]) == (
+        "number",
+        0,
+        1,
+        0.01,
+    )
+    assert all(props[name].get("description") for name in props)  # from the docstring's Args
+    assert schema.get("required", []) == []
+
+
+def _count(system, model) -> int:
+    with Session(system.engine()) as session:
+        return session.scalar(sa.select(sa.func.count()).select_from(model))
+
+
+def test_an_impossible_business_date_fails_in_words_before_the_export_is_registered(system):
+    state = tag_sync(business_date="20261332", return_state=True)
+    assert state.is_failed()
+    assert "not a calendar date" in state.message and "business_date" in state.message
+    assert _count(system, Export) == 0
+
+
+def test_the_bank_date_form_yyyymmdd_is_read_as_a_date(system):
+    contacts_sync()
+    state = tag_sync(business_date=DAY.strftime("%Y%m%d"), dry_run=True, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result()["export_date"] == DAY.isoformat()
+
+
+async def _progress_cards(flow_run_id) -> int:
+    artifacts, _ = await _artifacts_and_logs(flow_run_id)
+    return sum(1 for a in artifacts if a.type == "progress")
+
+
+def test_a_dry_run_leaves_nothing_for_the_next_real_run_to_resume(system):
+    import asyncio
+
+    contacts_sync()
+    assert run_tag_sync(dry_run=True).is_completed()
+    with Session(system.engine()) as session:
+        assert session.scalars(sa.select(Export.status)).all() == ["passed"]
+    state = run_tag_sync()
+    assert state.is_completed(), state.message
+    assert state.result()["calls_reconciled"] == 0
+    assert asyncio.run(_progress_cards(state.state_details.flow_run_id)) == 1
+    assert system.mark_tag_calls() == len(bound_pairs(system))
+
+
+def test_a_dry_run_on_a_synced_export_previews_and_stores_nothing(system):
+    contacts_sync()
+    assert run_tag_sync().is_completed()
+    calls, exports, entries = (
+        system.mark_tag_calls(),
+        _count(system, Export),
+        _count(system, OutboxEntry),
+    )
+    with Session(system.engine()) as session:
+        synced = session.scalars(sa.select(Export)).one()
+        before = (synced.status, synced.report)
+    state = run_tag_sync(dry_run=True)
+    assert state.is_completed(), state.message
+    assert "already synced" not in state.message and "would change" in state.message
+    assert state.result()["pairs_managed"] == len(bound_pairs(system))
+    assert state.result()["pairs_changed"] == 0  # the rules did not change
+    assert system.mark_tag_calls() == calls
+    assert (_count(system, Export), _count(system, OutboxEntry)) == (exports, entries)
+    with Session(system.engine()) as session:
+        export = session.scalars(sa.select(Export)).one()
+        now = (export.status, export.report)
+        assert now[0] == before[0]
+        assert {k: v for k, v in now[1].items() if before[1].get(k) != v} == {}
+
+
+def test_the_date_is_checked_before_already_synced(system):
+    from datetime import timedelta
+
+    contacts_sync()
+    assert run_tag_sync().is_completed()
+    state = run_tag_sync(business_date=DAY + timedelta(days=1))
+    assert state.is_failed()
+    assert system.export_path.name in state.message
+    assert f"set business_date to {DAY.isoformat()}" in state.message
+
+
+def test_a_blocked_run_fails_with_a_message_only_naming_the_file_and_the_fix(system, capfd):
+    import asyncio
+    from datetime import timedelta
+
+    contacts_sync()
+    wrong_day = DAY - timedelta(days=1)
+    state = run_tag_sync(business_date=wrong_day)
+    assert state.is_failed()
+    assert system.export_path.name in state.message
+    assert "business_date" in state.message
+    artifacts, logs = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
+    report = next(a for a in artifacts if a.key == "tag-sync-report").data
+    title = report.splitlines()[0]
+    assert "blocked" in title and "sent to WeCom" not in title
+    out, err = capfd.readouterr()
+    text = "\n".join([log.message for log in logs] + [out, err])
+    assert "Unexpected result for failed state" not in text
+    assert system.mark_tag_calls() == 0
+
+
+def test_the_report_counts_every_request_retries_included(system, monkeypatch):
+    import siyu.flows.tag_sync as flow_module
+
+    contacts_sync()
+    pairs = sorted(bound_pairs(system))
+    # Busy replies the client retries, and lost replies on one pair that stop the first push
+    # attempt; the push task's retry finishes the batch.
+    system.sandbox.fault(api="externalcontact/mark_tag", errcode=-1, times=4)
+    system.sandbox.fault(
+        api="externalcontact/mark_tag",
+        drop_connection=True,
+        times=2,
+        match={"external_userid": pairs[5][1], "userid": pairs[5][0]},
+    )
+    monkeypatch.setattr(
+        flow_module, "push_tags", flow_module.push_tags.with_options(retry_delay_seconds=0)
+    )
+    state = run_tag_sync()
+    assert state.is_completed(), state.message
+    report = state.result()
+    made = system.mark_tag_calls()
+    assert made >= len(pairs) + 6
+    assert report["mark_tag_requests"] == made
+    assert f"with {made:,} mark_tag requests" in state.message

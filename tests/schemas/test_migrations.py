@@ -31,7 +31,9 @@ from siyu.schemas.database import (
 )
 from siyu.schemas.models import Base, Export, QuarantinedRow
 
-SIYU_TABLES = {
+# Every table the models define (later revisions add theirs), and at least these.
+SIYU_TABLES = set(Base.metadata.tables)
+assert {
     "exports",
     "quarantined_rows",
     "contacts",
@@ -39,7 +41,7 @@ SIYU_TABLES = {
     "managed_tags",
     "synced_tags",
     "outbox",
-}
+} <= SIYU_TABLES
 
 
 def table_names(url: str) -> set[str]:
@@ -90,7 +92,7 @@ def test_upgrade_to_head_and_downgrade_to_base(database_url: str) -> None:
     assert current_revision(database_url) is None
 
     upgrade(database_url)
-    assert current_revision(database_url) == head_revision() == "0001"
+    assert current_revision(database_url) == head_revision()
     assert table_names(database_url) == SIYU_TABLES | {"alembic_version"}
 
     downgrade(database_url)
@@ -307,5 +309,62 @@ def test_block_keeps_its_url_secret() -> None:
     try:
         assert engine.url.password == "hunter2-pw"
         assert "hunter2-pw" not in repr(engine)
+    finally:
+        engine.dispose()
+
+
+def test_0002_keeps_outbox_entries_and_contacts_and_gives_them_a_plan(database_url: str) -> None:
+    upgrade(database_url, "0001")
+    engine = make_engine(database_url)
+    try:
+        stamp = dt.datetime(2026, 11, 30, 8, tzinfo=dt.UTC)
+        with engine.begin() as connection:
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO outbox (key, kind, batch, target, payload, status, attempts, "
+                    "created_at, updated_at) VALUES ('ab12', 'mark_tag', 'tag-sync:export:3', "
+                    "'u1/wm1', '{}', 'sending', 1, :t, :t)"
+                ),
+                {"t": stamp},
+            )
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO contacts (userid, external_userid, reachable, seen_at) "
+                    "VALUES ('u1', 'wm1', true, :t)"
+                ),
+                {"t": stamp},
+            )
+
+        upgrade(database_url, "0002")
+
+        with engine.connect() as connection:
+            entry = connection.execute(
+                sqlalchemy.text("SELECT key, plan, status, claimed_at, claimed_by FROM outbox")
+            ).one()
+            assert tuple(entry) == ("ab12", "tag-sync", "sending", None, None)
+            left = connection.execute(sqlalchemy.text("SELECT left_at FROM contacts")).scalar()
+            assert left is None
+        with engine.begin() as connection:  # a business identity longer than a sha256 hex fits
+            long_key = "msg:customer:C00000042:path:onboarding-wealth-2026:touch:2:2026-12:" + (
+                "x" * 120
+            )
+            connection.execute(
+                sqlalchemy.text(
+                    "INSERT INTO outbox (key, kind, plan, batch, target, payload, status, "
+                    "attempts, created_at, updated_at) VALUES (:k, 'message', 'path:P1', 'b', "
+                    "'C1', '{}', 'pending', 0, :t, :t)"
+                ),
+                {"k": long_key, "t": stamp},
+            )
+            connection.execute(
+                sqlalchemy.text("DELETE FROM outbox WHERE key = :k"), {"k": long_key}
+            )
+
+        downgrade(database_url, "0001")
+        assert current_revision(database_url) == "0001"
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("SELECT key FROM outbox")).scalar() == "ab12"
+            columns = {c["name"] for c in inspect(connection).get_columns("outbox")}
+            assert not columns & {"plan", "claimed_at", "claimed_by"}
     finally:
         engine.dispose()

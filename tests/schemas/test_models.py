@@ -19,6 +19,7 @@ from siyu.schemas.models import (
     OutboxEntry,
     QuarantinedRow,
     SyncedTag,
+    insert_or_update,
 )
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -28,6 +29,7 @@ def outbox_entry(key: str, batch: str = "tag-sync:export:1") -> OutboxEntry:
     return OutboxEntry(
         key=key,
         kind="mark_tag",
+        plan="tag-sync",
         batch=batch,
         target="zhangsan/wmABC0042",
         payload={"userid": "zhangsan", "add_tag": ["et-high-aum"], "note": "高净值"},
@@ -102,6 +104,7 @@ def test_an_outbox_entry_keeps_its_payload_and_defaults(engine: sqlalchemy.Engin
         assert stored.payload["note"] == "高净值"
         assert stored.attempts == 0
         assert stored.errcode is None and stored.result is None and stored.sent_at is None
+        assert stored.claimed_at is None and stored.claimed_by is None
         assert stored.updated_at == dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
         stored.status = "done"
         stored.result = {"errcode": 0, "errmsg": "ok"}
@@ -211,3 +214,36 @@ def test_no_table_has_a_place_for_a_mobile_or_a_name(engine: sqlalchemy.Engine) 
     for table in inspector.get_table_names():
         columns = {c["name"] for c in inspector.get_columns(table)}
         assert not columns & {"mobile", "name", "phone", "customer_name"}, table
+
+
+def test_a_gone_contact_keeps_its_row_and_says_when_it_left(engine: sqlalchemy.Engine) -> None:
+    left = dt.datetime(2026, 12, 1, 3, tzinfo=dt.UTC)
+    with Session(engine) as session:
+        session.add(Contact(userid="zhangsan", external_userid="wm1", customer_id="C00000042"))
+        session.commit()
+        contact = session.get(Contact, ("zhangsan", "wm1"))
+        assert contact.left_at is None
+        contact.reachable, contact.left_at = False, left
+        session.commit()
+
+    with Session(engine) as session:
+        stored = session.get(Contact, ("zhangsan", "wm1"))
+        assert (stored.reachable, stored.left_at, stored.customer_id) == (False, left, "C00000042")
+
+
+def test_insert_or_update_upserts_on_either_database(engine: sqlalchemy.Engine) -> None:
+    first = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    later = dt.datetime(2026, 12, 2, tzinfo=dt.UTC)
+    insert = insert_or_update(engine.dialect.name, SyncedTag)
+    upsert = insert.on_conflict_do_update(
+        index_elements=["userid", "external_userid", "tag_id"],
+        set_={"synced_at": insert.excluded.synced_at},
+    )
+    row = {"userid": "zhangsan", "external_userid": "wm1", "tag_id": "et1"}
+    with engine.begin() as connection:
+        connection.execute(upsert, [{**row, "synced_at": first}])
+        connection.execute(upsert, [{**row, "synced_at": later}])
+    with Session(engine) as session:
+        assert [t.synced_at for t in session.scalars(select(SyncedTag))] == [later]
+    with pytest.raises(ValueError, match="SQLite or PostgreSQL"):
+        insert_or_update("mysql", SyncedTag)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import date
 
 import numpy as np
@@ -12,9 +13,9 @@ import pytest
 
 from siyu.sandbox.export_files import write_export
 from siyu.schemas.export import DEFAULT_BRANCHES
-from siyu.schemas.export_suite import QUALITY_CHECKS, ROW_CHECKS, build_export_suite
+from siyu.schemas.export_suite import CHECKS, ROW_CHECKS, SuiteContext, build_export_suite
 from siyu.tasks import quality
-from siyu.tasks.export import load_export
+from siyu.tasks.export import LoadProblem, load_export
 from siyu.tasks.quality import mask_customer_id, run_gate
 from tests.bad_exports import (
     BAD_MOBILE_ROWS,
@@ -29,7 +30,24 @@ EXPORT_DATE = date(2026, 11, 24)
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def baseline(tmp_path_factory) -> dict:
+    """The value profile of the export every corpus case breaks: the last accepted one."""
+    good = write_export(
+        good_frame(1000, export_date=EXPORT_DATE, seed=3),
+        tmp_path_factory.mktemp("good") / "core_export_20261124.csv",
+    )
+    gate = run_gate(
+        load_export(good),
+        expected_date=EXPORT_DATE,
+        previous_row_count=None,
+        branches=DEFAULT_BRANCHES,
+    )
+    assert gate.passed, gate.message
+    return gate.profile
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, baseline):
     out = tmp_path_factory.mktemp("corpus")
     files = bad_export_corpus(out, export_date=EXPORT_DATE)
     results = {
@@ -38,6 +56,7 @@ def corpus(tmp_path_factory):
             expected_date=EXPORT_DATE,
             previous_row_count=CORPUS_PREVIOUS_ROW_COUNT[name],
             branches=DEFAULT_BRANCHES,
+            previous_profile=baseline,
         )
         for name, path in files.items()
     }
@@ -70,7 +89,7 @@ def test_good_export_passes_every_check(tmp_path):
         branches=DEFAULT_BRANCHES,
     )
     assert gate.passed
-    assert [c.name for c in gate.checks] == [c.name for c in QUALITY_CHECKS] + ["quarantine_share"]
+    assert [c.name for c in gate.checks] == [c.name for c in CHECKS]
     assert all(c.passed and c.failed_count == 0 and c.sample == [] for c in gate.checks)
     assert len(gate.accepted) == 300 and len(gate.quarantined) == 0
     assert not [c for c in gate.accepted.columns if c.startswith("_")]
@@ -185,20 +204,19 @@ def test_gx_counts_equal_the_row_masks(tmp_path):
     text.loc[16, "holds_loan"] = "?"
     frame = load_export(write_export(text, tmp_path / "core_export_20261124.csv")).frame
 
-    masks = quality._masks(frame, EXPORT_DATE, DEFAULT_BRANCHES)
-    suite = build_export_suite(
-        expected_date=EXPORT_DATE,
-        branches=DEFAULT_BRANCHES,
-        previous_row_count=None,
-        volume_tolerance=0.2,
-    )
-    outcomes, _ = quality._validate(quality._validation_frame(frame, masks), suite, None)
+    ctx = SuiteContext(EXPORT_DATE, DEFAULT_BRANCHES, (0, None))
+    columns = quality._validation_columns(frame)
+    masks = quality._masks(columns, ctx)
+    outcomes, _ = quality._validate(quality._gx_frame(columns), build_export_suite(ctx), None)
 
-    row_like = [*ROW_CHECKS, "customer_id_not_null", "customer_id_unique", "types_parse"]
-    row_like.append("export_date_expected")
-    for check in row_like:
-        assert outcomes[check][1] == int(masks[check].sum()), check
-        assert outcomes[check][0] == bool(masks[check].sum() == 0), check
+    # Every check with a column rule: GX and the gate's mask read the same rule alike.
+    ruled = [c for c in CHECKS if c.rule is not None and c.rule.column is not None]
+    assert {c.name for c in ruled} == set(masks) >= {*ROW_CHECKS, "export_date_expected"}
+    for check in ruled:
+        assert outcomes[check.name][1] == int(masks[check.name].sum()), check.name
+        # Row checks never fail the suite alone (the quarantine share decides); table ones do.
+        expected = True if check.level == "row" else bool(masks[check.name].sum() == 0)
+        assert outcomes[check.name][0] == expected, check.name
     assert masks["mobile_format"].sum() == 3
     assert masks["customer_id_not_null"].sum() == 2
     assert masks["customer_id_unique"].sum() == 2
@@ -242,5 +260,148 @@ def test_id_codes_are_equal_exactly_where_ids_are(ids, duplicated):
             assert (codes[a] == codes[b]) == (ids[a] == ids[b])
     frame = good_frame(len(ids), export_date=EXPORT_DATE)
     frame["customer_id"] = pd.array(ids, dtype="str")
-    masks = quality._masks(frame.astype({"export_date": "datetime64[s]"}), EXPORT_DATE, [])
+    typed = frame.astype({"export_date": "datetime64[s]"})
+    masks = quality._masks(
+        quality._validation_columns(typed), SuiteContext(EXPORT_DATE, (), (0, None))
+    )
     assert list(np.flatnonzero(masks["customer_id_unique"])) == duplicated
+
+
+# Data Docs say what the gate decided, are kept as long as they are needed, and are linkable.
+
+
+def _stored_validations(docs) -> list[dict]:
+    import json
+
+    return [
+        json.loads(p.read_text())
+        for p in docs.rglob("*.json")
+        if "validations" in p.parts and "uncommitted" in p.parts
+    ]
+
+
+@pytest.mark.parametrize(
+    "case", ["quarantine_small", "negative_aum_2pct", "duplicate_header", "flags_all_no"]
+)
+def test_data_docs_show_the_gates_checks_and_verdict(tmp_path, corpus, baseline, case):
+    files, _ = corpus
+    docs = tmp_path / "docs"
+    gate = run_gate(
+        load_export(files[case]),
+        expected_date=EXPORT_DATE,
+        previous_row_count=1000,
+        branches=DEFAULT_BRANCHES,
+        docs_dir=docs,
+        previous_profile=baseline,
+    )
+    [stored] = _stored_validations(docs)
+    assert stored["success"] is gate.passed, case
+    by_check = {r["expectation_config"]["meta"]["siyu_check"]: r for r in stored["results"]}
+    assert sorted(by_check) == sorted(c.name for c in gate.checks)
+    for check in gate.checks:
+        if check.level == "table":
+            assert by_check[check.name]["success"] is check.passed, (case, check.name)
+    [page] = [p for p in docs.rglob("*.html") if "validations" in p.parts]
+    html = page.read_text(encoding="utf-8", errors="ignore")
+    verdict = re.search(r"Status:</span>\s*<i[^>]*></i>\s*(Succeeded|Failed)", html).group(1)
+    assert verdict == ("Succeeded" if gate.passed else "Failed"), case
+
+
+def test_data_docs_link_is_relative_to_the_reports_dir_and_a_url_when_served(tmp_path):
+    index = tmp_path / "reports" / "data-docs" / "export-3-abc" / "uncommitted" / "index.html"
+    index.parent.mkdir(parents=True)
+    index.write_text("")
+    assert quality.data_docs_link(index, tmp_path / "reports", None) == (
+        "data-docs/export-3-abc/uncommitted/index.html",
+        None,
+    )
+    assert quality.data_docs_link(index, tmp_path / "reports", "https://ops.bank/siyu/")[1] == (
+        "https://ops.bank/siyu/data-docs/export-3-abc/uncommitted/index.html"
+    )
+
+
+def test_old_data_docs_are_pruned_and_blocked_runs_kept(tmp_path):
+    import json
+    import os
+    from datetime import UTC, datetime
+
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    root = tmp_path / "data-docs"
+    ages = {"old-passed": 31, "old-blocked": 90, "recent-passed": 2, "old-unknown": 40}
+    for name, days in ages.items():
+        folder = root / name
+        folder.mkdir(parents=True)
+        if name != "old-unknown":
+            verdict = {"passed": "passed" in name}
+            (folder / quality.VERDICT_FILE).write_text(json.dumps(verdict))
+        stamp = now.timestamp() - days * 86_400
+        os.utime(folder, (stamp, stamp))
+
+    removed = quality.prune_data_docs(root, keep_days=30, keep_blocked=True, now=now)
+    assert sorted(p.name for p in removed) == ["old-passed", "old-unknown"]
+    assert sorted(p.name for p in root.iterdir()) == ["old-blocked", "recent-passed"]
+    quality.prune_data_docs(root, keep_days=30, keep_blocked=False, now=now)
+    assert sorted(p.name for p in root.iterdir()) == ["recent-passed"]
+
+
+def test_a_blocked_run_keeps_its_verdict_beside_its_data_docs(tmp_path, corpus):
+    files, _ = corpus
+    docs = tmp_path / "docs"
+    gate = run_gate(
+        load_export(files["wrong_encoding"]),
+        expected_date=EXPORT_DATE,
+        previous_row_count=None,
+        branches=DEFAULT_BRANCHES,
+        docs_dir=docs,
+    )
+    assert not gate.passed and gate.data_docs is not None
+    [stored] = _stored_validations(docs)
+    assert stored["success"] is False
+    assert (
+        docs / quality.VERDICT_FILE
+    ).read_text() == '{"passed": false, "export_date": "2026-11-24"}'
+
+
+# One registry: every check is phrased, levelled and reaches GX exactly once.
+
+
+def test_the_registry_is_the_one_list_of_checks(tmp_path):
+    names = [c.name for c in CHECKS]
+    assert len(names) == len(set(names))
+    assert set(ROW_CHECKS) == {c.name for c in CHECKS if c.level == "row"}
+    assert all(c.rule is not None and c.rule.column for c in CHECKS if c.level == "row")
+    decided = {c.name: (True, "") for c in CHECKS if c.rule is None}
+    suite = build_export_suite(SuiteContext(EXPORT_DATE, DEFAULT_BRANCHES, (0, None)), decided)
+    assert [e.meta["siyu_check"] for e in suite.expectations] == names
+    with pytest.raises(KeyError, match="no quality check named"):
+        LoadProblem("encodin", "a typo")
+
+
+def test_the_profile_is_stored_with_an_accepted_export_and_read_as_the_next_baseline(
+    tmp_path, baseline
+):
+    from datetime import UTC, datetime
+
+    import sqlalchemy as sa
+
+    from siyu.schemas.database import make_engine, upgrade
+    from siyu.schemas.models import Export
+
+    url = f"sqlite:///{tmp_path / 'siyu.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        for status in ("synced", "blocked", "received"):
+            conn.execute(
+                sa.insert(Export).values(
+                    file_name="core_export_20261124.csv",
+                    checksum=status,
+                    status=status,
+                    created_at=datetime.now(UTC),
+                )
+            )
+    assert quality.previous_profile(engine, 3) is None
+    quality.store_profile(engine, 1, baseline)
+    quality.store_profile(engine, 2, {"rows": 1, "columns": {}})  # blocked: never a baseline
+    assert quality.previous_profile(engine, 3) == baseline
+    engine.dispose()

@@ -118,3 +118,34 @@ def test_diff_of_desired_equal_to_synced_is_empty():
 
 def test_count_bits():
     assert list(count_bits(np.array([1, 3, 2], dtype=np.uint64), 3)) == [2, 2, 0]
+
+
+def test_a_retired_tag_is_removed_from_every_pair_that_carries_it():
+    # Bits 0-1 are the rules' tags, bit 2 a tag the rules no longer name (re-banded away).
+    pairs = pairs_frame(
+        [
+            ("u1", "wm1", "C1", 0b001),  # carries the retired tag and keeps bit 0
+            ("u1", "wm2", "C2", 0b010),  # never carried it: unchanged
+        ]
+    )
+    synced = synced_frame(
+        [
+            ("u1", "wm1", 0b101),
+            ("u1", "wm2", 0b010),
+            ("u9", "wm9", 0b110),  # no customer in this export: loses only the retired tag
+            ("u8", "wm8", 0b010),  # no customer, no retired tag: left as it is
+        ]
+    )
+    diff = diff_tags(pairs, synced, 3, retired_bits=0b100)
+    changes = {
+        (r.userid, r.external_userid): (int(r.add_bits), int(r.remove_bits))
+        for r in diff.changes.itertuples()
+    }
+    assert changes == {("u1", "wm1"): (0, 0b100), ("u9", "wm9"): (0, 0b100)}
+    assert diff.counts_before[2] == 2 and diff.counts_after[2] == 0
+
+
+def test_without_retired_tags_pairs_outside_the_export_are_left_alone():
+    pairs = pairs_frame([("u1", "wm1", "C1", 0b01)])
+    synced = synced_frame([("u1", "wm1", 0b01), ("u9", "wm9", 0b11)])
+    assert diff_tags(pairs, synced, 2).changes.empty
