@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -128,8 +129,19 @@ def _without_password(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
+def _prepare_flow_run() -> None:
+    """What a flow run from the command line needs of its Prefect server, as a served run has.
+
+    The heartbeat pace is the one the dead-run automation expects.
+    """
+    from siyu.deployments.specs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+
+    os.environ.setdefault(HEARTBEAT_VARIABLE, str(HEARTBEAT_SECONDS))
+
+
 def cmd_contacts_sync(args: argparse.Namespace) -> int:
     """Run the contacts sync once, here and now."""
+    _prepare_flow_run()
     from siyu.flows.contacts_sync import contacts_sync
 
     return _report_state(contacts_sync(return_state=True))
@@ -137,16 +149,122 @@ def cmd_contacts_sync(args: argparse.Namespace) -> int:
 
 def cmd_tag_sync(args: argparse.Namespace) -> int:
     """Run the tag sync once, here and now."""
-    from siyu.flows.tag_sync import TagSyncParameters, tag_sync
+    _prepare_flow_run()
+    from siyu.flows.tag_sync import tag_sync
 
-    params = TagSyncParameters(
+    params: dict[str, Any] = {
         # Absolute, so the run means the same file whatever directory the flow reads from.
-        export_file=str(Path(args.export).resolve()) if args.export else None,
-        dry_run=args.dry_run,
-        business_date=args.date,
-        row_failure_threshold=args.row_failure_threshold,
+        "export_file": str(Path(args.export).resolve()) if args.export else "",
+        "dry_run": args.dry_run,
+    }
+    if args.date:
+        params["business_date"] = args.date  # YYYYMMDD: the flow reads it as a date
+    if args.row_failure_threshold is not None:
+        params["row_failure_threshold"] = args.row_failure_threshold
+    return _report_state(tag_sync(**params, return_state=True))
+
+
+def _as_of(value: str) -> datetime:
+    """An argparse type: an ISO time; without an offset it is read in Asia/Shanghai."""
+    from zoneinfo import ZoneInfo
+
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an ISO time, e.g. 2026-12-01T10:00 or 2026-12-01T10:00+08:00"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo("Asia/Shanghai"))
+
+
+def cmd_sends_track(args: argparse.Namespace) -> int:
+    """Run the sends tracker once, for now or for the time given."""
+    _prepare_flow_run()
+    from siyu.flows.sends_track import sends_track
+
+    return _report_state(sends_track(as_of=args.at, return_state=True))
+
+
+def cmd_path_enroll(args: argparse.Namespace) -> int:
+    """Evaluate conversions and enrol today's (or --date's) cohorts once."""
+    _prepare_flow_run()
+    from zoneinfo import ZoneInfo
+
+    from siyu.flows.conversion_path import path_enroll
+
+    as_of = None
+    if args.date:
+        # The day's enrolment as the daily run does it: after the tag sync, before touch 1.
+        day = datetime.strptime(args.date, "%Y%m%d")
+        as_of = day.replace(hour=9, tzinfo=ZoneInfo("Asia/Shanghai"))
+    return _report_state(path_enroll(as_of=as_of, dry_run=args.dry_run, return_state=True))
+
+
+def cmd_path_touch(args: argparse.Namespace) -> int:
+    """Run one touch of one cohort by hand."""
+    _prepare_flow_run()
+    from siyu.flows.conversion_path import path_touch
+
+    state = path_touch(
+        cohort=args.cohort, touch=args.touch, as_of=args.at, force=args.force, return_state=True
     )
-    return _report_state(tag_sync(params=params, return_state=True))
+    return _report_state(state)
+
+
+def cmd_path_due(args: argparse.Namespace) -> int:
+    """Run every path touch that was due by --until and did not run, once."""
+    _prepare_flow_run()
+    from siyu.flows.conversion_path import path_due
+
+    return _report_state(path_due(until=args.until, return_state=True))
+
+
+def cmd_cadence_slot(args: argparse.Namespace) -> int:
+    """Serve one cadence slot by hand, for all groups or the --chat ones."""
+    _prepare_flow_run()
+    from siyu.flows.group_cadence import group_cadence
+
+    state = group_cadence(
+        slot=args.slot,
+        as_of=args.at,
+        chat_ids=args.chat or None,
+        dry_run=args.dry_run,
+        return_state=True,
+    )
+    return _report_state(state)
+
+
+def cmd_cadence_due(args: argparse.Namespace) -> int:
+    """Run every slot, winners run and payout due by --until that did not run, once."""
+    _prepare_flow_run()
+    from siyu.flows.group_cadence import cadence_due
+
+    return _report_state(cadence_due(until=args.until, since=args.since, return_state=True))
+
+
+def cmd_activity_winners(args: argparse.Namespace) -> int:
+    """Choose, grant and announce one activity's winners."""
+    _prepare_flow_run()
+    from siyu.flows.group_cadence import activity_winners
+
+    return _report_state(activity_winners(activity=args.activity, as_of=args.at, return_state=True))
+
+
+def cmd_rewards_settle(args: argparse.Namespace) -> int:
+    """Pay the granted wins whose pay day has come."""
+    _prepare_flow_run()
+    from siyu.flows.group_cadence import rewards_settle
+
+    return _report_state(rewards_settle(as_of=args.at, return_state=True))
+
+
+def cmd_groups_health(args: argparse.Namespace) -> int:
+    """Assess every group on the cadence template for today or --date."""
+    _prepare_flow_run()
+    from siyu.flows.group_cadence import group_health
+
+    day = datetime.strptime(args.date, "%Y%m%d").date() if args.date else None
+    return _report_state(group_health(date=day, return_state=True))
 
 
 def _report_state(state: Any) -> int:
@@ -253,15 +371,19 @@ def build_parser() -> argparse.ArgumentParser:
     db_upgrade.set_defaults(handler=cmd_db_upgrade)
 
     flow_env = (
-        "Configured by SIYU_HOME, SIYU_DATABASE_URL, SIYU_WECOM_BASE_URL, SIYU_WECOM_CORP_ID, "
-        "SIYU_WECOM_SECRET and SIYU_WECOM_AGENT_ID. Exit code 0: completed; 2: the run failed "
-        "(e.g. a blocked export); 1: any other error."
+        "Connections come from the blocks named 'siyu' on the Prefect server PREFECT_API_URL "
+        "points at (the run shows in that server's UI only then); a missing block is an error, "
+        "unless SIYU_ENVIRONMENT=embedded, where SIYU_HOME, SIYU_DATABASE_URL, "
+        "SIYU_WECOM_BASE_URL, SIYU_WECOM_CORP_ID, SIYU_WECOM_SECRET, SIYU_WECOM_AGENT_ID and "
+        "SIYU_MOBILE_SALT stand in for it."
     )
     contacts = commands.add_parser(
         "contacts-sync",
         help="run the contacts sync once",
         description="Pull every employee's WeCom contacts and bind them to bank customers, once. "
-        + flow_env,
+        + flow_env
+        + " Exit code 0: completed; 2: the run failed (e.g. WeCom refused the app); 1: any "
+        "other error.",
     )
     contacts.set_defaults(handler=cmd_contacts_sync)
 
@@ -269,7 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
         "tag-sync",
         help="run the tag sync once",
         description="Gate the core-banking export, compute tags and push the difference to "
-        "WeCom, once. " + flow_env,
+        "WeCom, once. "
+        + flow_env
+        + " Exit code 0: completed; 2: the run failed (e.g. a blocked export); 1: any other "
+        "error.",
     )
     tags.add_argument(
         "export", nargs="?", default=None, help="export file (default: newest in the landing dir)"
@@ -288,12 +413,145 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of quarantined rows above which the sync blocks (default 0.01)",
     )
     tags.set_defaults(handler=cmd_tag_sync)
+
+    sends = commands.add_parser(
+        "sends", help="track siyu's sends", description="Track the messages siyu sends."
+    )
+    sends_commands = sends.add_subparsers(dest="sends_command", metavar="COMMAND", required=True)
+    track = sends_commands.add_parser(
+        "track",
+        help="settle, remind, expire and send deferred messages once",
+        description="Read every created mass message's outcome from WeCom and settle the send "
+        "ledger, remind employees who have not confirmed, cancel what is past its send window "
+        "and send deferred messages whose time has come, once. "
+        + flow_env
+        + " Exit code 0: completed; 2: the run failed; 1: any other error.",
+    )
+    track.add_argument(
+        "--at",
+        type=_as_of,
+        default=None,
+        help="the time to track for, ISO (default: now in Asia/Shanghai)",
+    )
+    track.set_defaults(handler=cmd_sends_track)
+
+    path = commands.add_parser(
+        "path",
+        help="the four-touch conversion path",
+        description="Enrol cohorts, run a touch, catch up on due touches.",
+    )
+    path_commands = path.add_subparsers(dest="path_command", metavar="COMMAND", required=True)
+    enroll = path_commands.add_parser(
+        "enroll",
+        help="evaluate conversions and enrol the day's cohorts once",
+        description="Evaluate every member's goal on the newest accepted export, then enter the "
+        "customers matching a path's entry rule and in none into the day's cohorts, and schedule "
+        "their four touches. "
+        + flow_env
+        + " Exit code 0: completed; 2: the run failed; 1: any other error.",
+    )
+    enroll.add_argument(
+        "--date",
+        type=_business_date,
+        default=None,
+        help="the day to enrol for, YYYYMMDD (default: now in Asia/Shanghai)",
+    )
+    enroll.add_argument("--dry-run", action="store_true", help="say who would enter, store nothing")
+    enroll.set_defaults(handler=cmd_path_enroll)
+    touch = path_commands.add_parser(
+        "touch",
+        help="run one touch of one cohort",
+        description="Send touch N of COHORT now (drop converted and unreachable members, pick "
+        "variants, send per manager and variant). " + flow_env,
+    )
+    touch.add_argument("cohort", type=_positive, help="the cohort's id")
+    touch.add_argument("touch", type=int, choices=(1, 2, 3, 4), help="the touch, 1 to 4")
+    touch.add_argument(
+        "--at", type=_as_of, default=None, help="the time to send for, ISO (default: now)"
+    )
+    touch.add_argument(
+        "--force", action="store_true", help="run it even if it ran (nobody gets it twice)"
+    )
+    touch.set_defaults(handler=cmd_path_touch)
+    due = path_commands.add_parser(
+        "due",
+        help="run every touch that was due and did not run, once",
+        description="After an outage: run each path touch due by --until that has not run. "
+        + flow_env,
+    )
+    due.add_argument(
+        "--until",
+        type=_as_of,
+        default=None,
+        help="ISO time, e.g. 2026-12-01T23:59:00+08:00 (default: now in Asia/Shanghai)",
+    )
+    due.set_defaults(handler=cmd_path_due)
+
+    cadence = commands.add_parser(
+        "cadence", help="the weekly group cadence", description="The weekly group cadence."
+    )
+    cadence_commands = cadence.add_subparsers(
+        dest="cadence_command", metavar="COMMAND", required=True
+    )
+    slot = cadence_commands.add_parser(
+        "slot",
+        help="serve one slot of the cadence template now (or --at)",
+        description="Serve one weekly slot to every group on the template. " + flow_env,
+    )
+    slot.add_argument("slot", help="the template's slot, e.g. mon-post, tue-game, fri-big")
+    slot.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
+    slot.add_argument("--chat", action="append", default=[], help="only this group (repeatable)")
+    slot.add_argument("--dry-run", action="store_true", help="plan and report, send nothing")
+    slot.set_defaults(handler=cmd_cadence_slot)
+    cadence_due = cadence_commands.add_parser(
+        "due",
+        help="run every slot, winners run and payout due by --until that did not run, once",
+        description="After an outage: catch up the cadence up to --until. " + flow_env,
+    )
+    cadence_due.add_argument(
+        "--until", type=_as_of, default=None, help="ISO time (default: now in Asia/Shanghai)"
+    )
+    cadence_due.add_argument(
+        "--since", type=_as_of, default=None, help="look back from here (default: 7 days)"
+    )
+    cadence_due.set_defaults(handler=cmd_cadence_due)
+
+    activity = commands.add_parser("activity", help="group activities")
+    activity_commands = activity.add_subparsers(
+        dest="activity_command", metavar="COMMAND", required=True
+    )
+    winners = activity_commands.add_parser(
+        "winners", help="choose, grant and announce an activity's winners"
+    )
+    winners.add_argument("activity", help="the activity key, e.g. weekly:tue-game:2026-W49")
+    winners.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
+    winners.set_defaults(handler=cmd_activity_winners)
+
+    rewards = commands.add_parser("rewards", help="reward payouts")
+    rewards_commands = rewards.add_subparsers(
+        dest="rewards_command", metavar="COMMAND", required=True
+    )
+    settle = rewards_commands.add_parser("settle", help="pay the granted wins that are due")
+    settle.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
+    settle.set_defaults(handler=cmd_rewards_settle)
+
+    groups = commands.add_parser("groups", help="customer groups")
+    groups_commands = groups.add_subparsers(dest="groups_command", metavar="COMMAND", required=True)
+    health = groups_commands.add_parser("health", help="assess every group's health, list dying")
+    health.add_argument(
+        "--date", type=_business_date, default=None, help="YYYYMMDD (default: today)"
+    )
+    health.set_defaults(handler=cmd_groups_health)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `siyu` console script."""
     args = build_parser().parse_args(argv)
+    from siyu.schemas.settings import keep_files_private
+
+    # Whatever a command writes (the database, reports, quarantine files) is for this user only.
+    keep_files_private()
     try:
         return args.handler(args)
     except KeyboardInterrupt:

@@ -203,3 +203,8 @@ def insert_or_update(dialect_name: str, model: type[Base]) -> postgresql.Insert 
     raise ValueError(f"siyu runs on SQLite or PostgreSQL, not {dialect_name}")
 
 
+# The send ledger lives in its own module; importing it here puts its table in Base.metadata for
+# the migrations and for create_all.
+from siyu.schemas import cadence as _cadence  # noqa: E402, F401
+from siyu.schemas import conversion as _conversion  # noqa: E402, F401
+from siyu.schemas import ledger as _ledger  # noqa: E402, F401

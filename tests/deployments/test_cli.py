@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -213,6 +214,29 @@ def test_db_upgrade_never_prints_a_password() -> None:
     assert cli._without_password("sqlite:///x.db") == "sqlite:///x.db"
 
 
+@pytest.fixture(autouse=True)
+def umask_restored():
+    """cli.main() makes the process umask 077 (as in a terminal); the test session keeps its own."""
+    previous = os.umask(0o077)
+    os.umask(previous)
+    yield
+    os.umask(previous)
+
+
+def test_contacts_sync_help_speaks_of_contacts_not_exports() -> None:
+    result = run_siyu("contacts-sync", "--help")
+
+    assert "blocked export" not in result.stdout
+    assert "PREFECT_API_URL" in result.stdout
+
+
+def test_tag_sync_help_names_the_threshold_and_the_server() -> None:
+    result = run_siyu("tag-sync", "--help")
+
+    assert "--row-failure-threshold" in result.stdout
+    assert "PREFECT_API_URL" in result.stdout
+
+
 class _FakeFlow:
     """Stands in for a flow: returns a given final state, like flow(return_state=True)."""
 
@@ -269,11 +293,10 @@ def test_tag_sync_exits_2_with_the_message_on_stderr_when_failed(
     assert captured.out == ""
     (call,) = fake.calls
     assert call["return_state"] is True
-    params = call["params"]
-    assert params.export_file == str(export.resolve())
-    assert params.dry_run is True
-    assert params.business_date == "20261124"
-    assert params.row_failure_threshold == 0.05
+    assert call["export_file"] == str(export.resolve())
+    assert call["dry_run"] is True
+    assert call["business_date"] == "20261124"
+    assert call["row_failure_threshold"] == 0.05
 
 
 def test_tag_sync_defaults_leave_the_choices_to_the_flow(monkeypatch) -> None:
@@ -285,11 +308,12 @@ def test_tag_sync_defaults_leave_the_choices_to_the_flow(monkeypatch) -> None:
     monkeypatch.setattr(module, "tag_sync", fake)
 
     assert cli.main(["tag-sync"]) == 0
-    params = fake.calls[0]["params"]
-    assert params.export_file is None
-    assert params.dry_run is False
-    assert params.business_date is None
-    assert params.row_failure_threshold is None
+    (call,) = fake.calls
+    assert not call["export_file"]
+    assert call["dry_run"] is False
+    # Left out, so the flow's own defaults apply.
+    assert "business_date" not in call
+    assert "row_failure_threshold" not in call
 
 
 def test_flow_commands_exit_1_on_other_final_states(monkeypatch, capsys) -> None:
@@ -315,3 +339,19 @@ def test_flow_commands_exit_1_on_errors(monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert "ConnectionError" in err
     assert "Traceback" not in err
+
+
+def test_flow_commands_keep_what_they_write_private(monkeypatch, tmp_path: Path) -> None:
+    from prefect.states import Completed
+
+    import siyu.flows.contacts_sync as module
+
+    def writes_a_file(**kwargs):
+        (tmp_path / "quarantine.csv").write_text("C****0042,reason\n")
+        return Completed(message="ok")
+
+    monkeypatch.setattr(module, "contacts_sync", writes_a_file)
+    os.umask(0o022)
+
+    assert cli.main(["contacts-sync"]) == 0
+    assert (tmp_path / "quarantine.csv").stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,349 @@
+"""The weekly group cadence: slot runs, winners runs, reward settlements, group health, and the catch-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.blocks.core import Block
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Completed, State
+
+from siyu.blocks.environment import BLOCK_NAME, Environment, load_environment
+from siyu.blocks.group_cadence import (
+    ActivityLibrary,
+    CadenceTemplate,
+    EntriesSource,
+    PayoutAccount,
+    ProductCalendar,
+)
+from siyu.blocks.send_rules import SendRules
+from siyu.blocks.wecom import WeComError
+from siyu.blocks.wecom_pay import PayClient
+from siyu.flows.sends_track import load_send_rules
+from siyu.schemas.settings import EMBEDDED, Settings, environment_kind
+from siyu.tasks.activities import run_winners as _run_winners
+from siyu.tasks.cadence import (
+    due_activities,
+    iso_week,
+    load_roster,
+    occurrences,
+    run_slot,
+    served_groups,
+    slot_has_run,
+)
+from siyu.tasks.group_health import check_health as _check_health
+from siyu.tasks.group_health import message_activity
+from siyu.tasks.rewards import settle_rewards as _settle_rewards
+
+ZONE = ZoneInfo("Asia/Shanghai")
+WINNERS_DEPLOYMENT = "activity-winners/on-demand"
+B = TypeVar("B", bound=Block)
+
+
+class Playbooks:
+    """The cadence's blocks for one run, loaded once; defaults where none is saved (embedded)."""
+
+    def __init__(self, env: Environment, name: str = BLOCK_NAME) -> None:
+        self.env = env
+        self.name = name
+        self.template = _load(CadenceTemplate, name, CadenceTemplate)
+        self.calendar = _load(ProductCalendar, name, ProductCalendar)
+        self.library = _load(ActivityLibrary, name, ActivityLibrary)
+        self.rules: SendRules = load_send_rules(name)
+
+    def entries(self) -> EntriesSource:
+        return _load(EntriesSource, self.name, _embedded_entries)
+
+    def payout_account(self) -> PayoutAccount:
+        return _load(
+            PayoutAccount, self.name, lambda: PayoutAccount.from_env(self.env.wecom.corp_id)
+        )
+
+
+def _embedded_entries() -> EntriesSource:
+    return EntriesSource(landing_dir=str(Settings.from_env().landing_dir / "entries"))
+
+
+def _load(block_type: type[B], name: str, default: Any) -> B:
+    """The block saved under `name`; its defaults when none is saved.
+
+    Money and customer files never come from demo defaults in production: the entries source
+    and the payout account must be saved there.
+    """
+    try:
+        return block_type.load(name)
+    except ValueError as exc:
+        if not isinstance(exc.__cause__, ObjectNotFound):
+            raise
+    strict = block_type in (EntriesSource, PayoutAccount)
+    if strict and environment_kind() != EMBEDDED:
+        raise LookupError(
+            f"the {block_type.__name__} block {name!r} is not saved: save it in the Blocks page "
+            f"(block type {block_type.get_block_type_slug()!r}) before running the cadence"
+        )
+    get_run_logger().info("no %s block %r saved: using its defaults", block_type.__name__, name)
+    return default()
+
+
+def _as_of(as_of: dt.datetime | None) -> dt.datetime:
+    now = as_of or dt.datetime.now(ZONE)
+    return now if now.tzinfo is not None else now.replace(tzinfo=ZONE)
+
+
+def _schedule_winners(key: str, announce_at: dt.datetime) -> str | None:
+    """A scheduled run of activity-winners at the announcement time (visible in the UI)."""
+    from prefect.deployments import run_deployment
+
+    try:
+        run = run_deployment(
+            WINNERS_DEPLOYMENT,
+            parameters={"activity": key, "as_of": announce_at.isoformat()},
+            scheduled_time=announce_at,
+            timeout=0,
+            as_subflow=False,
+            idempotency_key=f"winners:{key}",
+        )
+    except ObjectNotFound:
+        get_run_logger().warning(
+            "deployment %s is not served: run `siyu activity winners %s` at %s, or `siyu cadence "
+            "due` after it", WINNERS_DEPLOYMENT, key, announce_at.isoformat(),
+        )  # fmt: skip
+        return None
+    return str(run.id)
+
+
+# Thin task wrappers: one task run a step, never one a group; results hold customer ids, so
+# nothing is persisted or cached.
+STEP: dict[str, Any] = {"persist_result": False, "cache_policy": NO_CACHE}
+
+
+@task(name="serve-slot", **STEP)
+def serve_slot(
+    playbooks: Playbooks, slot: str, as_of: dt.datetime, chat_ids: list[str] | None, dry_run: bool
+) -> dict[str, Any]:
+    env = playbooks.env
+    with env.wecom.get_client() as client:
+        report = run_slot(
+            env.database.get_engine(), client, template=playbooks.template,
+            calendar=playbooks.calendar, library=playbooks.library, rules=playbooks.rules,
+            slot_name=slot, as_of=as_of, chat_ids=chat_ids, dry_run=dry_run,
+        )  # fmt: skip
+    return report.as_dict()
+
+
+run_winners = task(name="activity-winners", **STEP)(_run_winners)
+settle_rewards = task(name="settle-rewards", **STEP)(_settle_rewards)
+check_health = task(name="check-health", **STEP)(_check_health)
+
+
+def _slot_markdown(report: dict[str, Any]) -> str:
+    sends = report.get("sends") or {}
+    lines = [
+        f"# Slot {report['slot']} ({report['week']}){' - dry run' if report['dry_run'] else ''}",
+        f"- groups served: {report['groups']}, owners: {report['owners']}",
+        f"- plan: {sends.get('plan', {})}",
+        f"- ledger: {sends.get('ledger', {})}",
+        f"- calls: {sends.get('calls', {})}",
+        f"- products placed: {report['products']}",
+    ]
+    if report.get("activity"):
+        lines.append(f"- activity {report['activity']}: winners at {report['announce_at']}")
+    return "\n".join(lines)
+
+
+@flow(name="group-cadence", persist_result=False)
+def group_cadence(
+    slot: str,
+    as_of: dt.datetime | None = None,
+    chat_ids: list[str] | None = None,
+    dry_run: bool = False,
+    schedule_winners: bool = True,
+) -> State:
+    """Serve one weekly slot to every group on the cadence template (or to the chats listed).
+
+    Args:
+        slot: The template's slot, e.g. mon-post, tue-game, fri-big.
+        as_of: The time to run for (ISO); empty means now in Asia/Shanghai.
+        chat_ids: Only these groups (a manual run for one group); empty means all on the template.
+        dry_run: Plan and report, send and record nothing.
+        schedule_winners: For a game, schedule its winners run at the announcement time.
+    """
+    now = _as_of(as_of)
+    playbooks = Playbooks(load_environment())
+    report = serve_slot(playbooks, slot, now, chat_ids or None, dry_run)
+    create_markdown_artifact(key=f"slot-{slot}", markdown=_slot_markdown(report),
+                             description="Groups served, sends by delivery and status, products")  # fmt: skip
+    if report.get("activity") and not dry_run and schedule_winners:
+        _schedule_winners(report["activity"], dt.datetime.fromisoformat(report["announce_at"]))
+    return Completed(
+        message=f"slot {slot} {report['week']}: {report['groups']} groups of {report['owners']} owners",
+        data=report,
+    )
+
+
+@flow(name="activity-winners", persist_result=False)
+def activity_winners(activity: str, as_of: dt.datetime | None = None) -> State:
+    """Choose an activity's winners from its entries, grant the rewards, announce them.
+
+    Args:
+        activity: The activity key, e.g. weekly:tue-game:2026-W49.
+        as_of: The announcement time (ISO); empty means now in Asia/Shanghai.
+    """
+    now = _as_of(as_of)
+    env = load_environment()
+    playbooks = Playbooks(env)
+    with env.wecom.get_client() as client:
+        report = run_winners(
+            env.database.get_engine(), client, library=playbooks.library,
+            entries=playbooks.entries(), rules=playbooks.rules, key=activity, as_of=now,
+        )  # fmt: skip
+    over = report.rewards.get("over_budget") or {}
+    if over:
+        emit_event(
+            event="siyu.rewards.over-budget",
+            resource={"prefect.resource.id": f"siyu.activity.{activity}"},
+            payload={"activity": activity, "over_budget": over},
+        )
+        get_run_logger().warning(
+            "%s: %s wins over budget were recorded unpaid: raise the budget in the Activity "
+            "Library block or leave them unpaid", activity, sum(over.values()),
+        )  # fmt: skip
+    rows = [
+        {"group": chat, "winners": "、".join(masked)}
+        for chat, masked in sorted(report.winners_masked.items())
+    ]
+    create_table_artifact(key="activity-winners", table=rows or [{"group": "-", "winners": "-"}],
+                          description=f"{activity}: entries {report.entries}, correct {report.correct}, "
+                          f"winners {report.winners}, rewards {report.rewards}")  # fmt: skip
+    return Completed(
+        message=f"{activity}: {report.winners} winners of {report.players} players",
+        data=report.as_dict(),
+    )
+
+
+@flow(name="rewards-settle", persist_result=False)
+def rewards_settle(as_of: dt.datetime | None = None, in_flight_seconds: float = 30.0) -> State:
+    """Pay every granted win whose pay day has come, and finish any interrupted settlement.
+
+    Args:
+        as_of: The time to settle for (ISO); empty means now in Asia/Shanghai.
+        in_flight_seconds: How long a payout without an answer is left before it is asked about.
+    """
+    now = _as_of(as_of)
+    env = load_environment()
+    playbooks = Playbooks(env)
+    pay = PayClient(playbooks.payout_account())
+    with env.wecom.get_client() as client:
+        report = settle_rewards(
+            env.database.get_engine(), pay, client.convert_to_openid, as_of=now,
+            in_flight_seconds=in_flight_seconds,
+        )  # fmt: skip
+    create_markdown_artifact(
+        key="rewards-settle",
+        markdown=(f"# Settlement {now.isoformat()}\n- due: {report.due}\n- paid: {report.paid} "
+                  f"({report.paid_fen / 100:.2f} yuan)\n- reconciled: {report.reconciled}\n"
+                  f"- failed: {report.failed}\n- later (limits): {report.later}"),
+        description="Payouts: paid, failed with reason",
+    )  # fmt: skip
+    return Completed(
+        message=f"{report.paid} paid, {sum(report.failed.values())} failed", data=report.as_dict()
+    )
+
+
+@flow(name="group-health", persist_result=False)
+def group_health(date: dt.date | None = None) -> State:
+    """Members, joins and leaves, participation and message activity per group; who is dying.
+
+    Args:
+        date: The day to assess (YYYY-MM-DD); empty means today in Asia/Shanghai.
+    """
+    day = date or dt.datetime.now(ZONE).date()
+    env = load_environment()
+    playbooks = Playbooks(env)
+    with env.wecom.get_client() as client:
+        roster = load_roster(client, playbooks.template)
+        health = check_health(
+            env.database.get_engine(), client, roster["chat_id"].tolist(), day=day,
+            thresholds=playbooks.template.health,
+        )  # fmt: skip
+        owners = sorted(set(roster["owner"]))
+        try:
+            activity = message_activity(client, owners, day) if owners else None
+        except WeComError as exc:
+            # Message figures add to the table; their absence must not hide the dying groups.
+            get_run_logger().warning("groupchat/statistic unavailable for %s: %s", day, exc)
+            activity = None
+    dying = health[health["dying"]]
+    table = health.assign(day=health["day"].astype(str)).to_dict(orient="records")
+    create_table_artifact(key="group-health", table=table or [{"chat_id": "-"}],
+                          description=f"{day}: {len(dying)} dying of {len(health)} groups")  # fmt: skip
+    if len(dying):
+        # An event ops' automations can route to the robot; group ids are not personal data.
+        emit_event(
+            event="siyu.groups.dying",
+            resource={"prefect.resource.id": f"siyu.group-health.{day.isoformat()}"},
+            payload={"day": day.isoformat(), "dying": dying["chat_id"].tolist()[:200]},
+        )
+        get_run_logger().warning(
+            "%d groups are dying (%s): give them a fresh activity or check their owner",
+            len(dying), ", ".join(dying["chat_id"].head(20)),
+        )  # fmt: skip
+    return Completed(
+        message=f"{len(dying)} dying of {len(health)} groups",
+        data={"dying": dying["chat_id"].tolist(), "groups": len(health),
+              "messages": activity.to_dict(orient="records") if activity is not None else []},
+    )  # fmt: skip
+
+
+@flow(name="cadence-due", persist_result=False)
+def cadence_due(
+    until: dt.datetime | None = None,
+    since: dt.datetime | None = None,
+    in_flight_seconds: float = 30.0,
+) -> State:
+    """Run once every slot, winners run and payout due by `until` that did not run.
+
+    Args:
+        until: Run what was due up to this time (ISO); empty means now in Asia/Shanghai.
+        since: Look back from here (default: seven days before `until`).
+    """
+    end = _as_of(until)
+    start = _as_of(since) if since else end - dt.timedelta(days=7)
+    env = load_environment()
+    playbooks = Playbooks(env)
+    engine = env.database.get_engine()
+    done: dict[str, list[str]] = {"slots": [], "winners": []}
+    with env.wecom.get_client() as client:
+        roster = load_roster(client, playbooks.template)
+        for at, slot in occurrences(playbooks.template, start, end):
+            day = at.date()
+            served = served_groups(roster, playbooks.template, slot, day)["chat_id"]
+            if slot_has_run(engine, playbooks.template, slot, iso_week(day), served):
+                continue
+            run_slot(
+                engine, client, template=playbooks.template, calendar=playbooks.calendar,
+                library=playbooks.library, rules=playbooks.rules, slot_name=slot.name, as_of=at,
+                roster=roster,
+            )  # fmt: skip
+            done["slots"].append(f"{slot.name}@{at.isoformat()}")
+        entries = playbooks.entries()
+        for key, announce_at in due_activities(engine, end):
+            run_winners(
+                engine, client, library=playbooks.library, entries=entries, rules=playbooks.rules,
+                key=key, as_of=announce_at,
+            )  # fmt: skip
+            done["winners"].append(key)
+        pay = PayClient(playbooks.payout_account())
+        settled = settle_rewards(
+            engine, pay, client.convert_to_openid, as_of=end, in_flight_seconds=in_flight_seconds
+        )
+    return Completed(
+        message=f"{len(done['slots'])} slots, {len(done['winners'])} winners runs, {settled.paid} paid",
+        data={**done, "settlement": settled.as_dict()},
+    )
