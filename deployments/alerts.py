@@ -6,11 +6,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from siyu.deployments.specs import DEPLOYMENTS, HEARTBEAT_SECONDS
+from siyu.flows.tag_sync import OPS_ROBOT_BLOCK
 
 if TYPE_CHECKING:
     from prefect.automations import Automation
 
-ROBOT_BLOCK = "siyu-ops-robot"
+ROBOT_BLOCK = OPS_ROBOT_BLOCK  # the tag sync posts "resolved" through the same block
 AUTOMATION = "siyu: tell ops when a sync fails"
 CRASH_DETECTION = "siyu: mark runs that stopped beating Crashed"
 WATCHED_FLOWS = sorted({spec.flow_name for spec in DEPLOYMENTS})

@@ -30,8 +30,11 @@ from siyu.tasks.tag_sync import (
     receive_export,
     report_tag_sync,
     retire_tags,
+    tell_ops_resolved,
 )
 
+# The notification block the failure automation posts through (saved by `siyu up`).
+OPS_ROBOT_BLOCK = "siyu-ops-robot"
 # The export-source block's own default; a run can set another for itself.
 DEFAULT_ROW_FAILURE_THRESHOLD = 0.01
 
@@ -173,7 +176,20 @@ def _gate_plan_push(
     report_tag_sync(env.database, record, summary, finished=True)
     if too_many_refused:
         return Failed(message=summary.message)
+    robot = _ops_robot()
+    if robot is not None:
+        tell_ops_resolved(robot, env.database, record)
     return Completed(message=summary.message, data=summary.as_dict())
+
+
+def _ops_robot() -> Any | None:
+    """The ops robot's notification block, where one is saved (siyu up saves it)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    try:
+        return CustomWebhookNotificationBlock.load(OPS_ROBOT_BLOCK)
+    except ValueError:
+        return None
 
 
 def blocked_message(file_name: str, gate: GateResult) -> str:

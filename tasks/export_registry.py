@@ -161,3 +161,22 @@ def mark_synced(engine: sa.Engine, export_id: int, report: dict) -> None:
         export.status = SYNCED
         export.report = {**(export.report or {}), **report}
         export.finished_at = datetime.now(UTC)
+
+
+def blocked_since_last_sync(engine: sa.Engine, before_id: int) -> list[str]:
+    """Files blocked after the last synced export and before this one: what a sync now resolves."""
+    with Session(engine) as session:
+        last_synced = session.scalar(
+            sa.select(sa.func.max(Export.id)).where(Export.id < before_id, Export.status == SYNCED)
+        )
+        return list(
+            session.scalars(
+                sa.select(Export.file_name)
+                .where(
+                    Export.id < before_id,
+                    Export.id > (last_synced or 0),
+                    Export.status == BLOCKED,
+                )
+                .order_by(Export.id)
+            )
+        )

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from siyu.tasks.export import (
 )
 from siyu.tasks.export_registry import (
     ExportRecord,
+    blocked_since_last_sync,
     mark_accepted,
     mark_synced,
     previous_row_count,
@@ -422,3 +424,23 @@ def report_tag_sync(
         description=f"Tag sync of {summary.export_file}",
     )
     return summary
+
+
+@task(name="tell ops the sync is back", **STEP)
+def tell_ops_resolved(robot: Any, database: SiyuDatabase, record: ExportRecord) -> str | None:
+    """After blocked exports, a synced one resolves their alert: say so to the ops robot."""
+    engine = database.get_engine()
+    try:
+        blocked = blocked_since_last_sync(engine, record.id)
+    finally:
+        engine.dispose()
+    if not blocked:
+        return None
+    files = ", ".join(blocked[-3:]) + (f" and {len(blocked) - 3} more" if len(blocked) > 3 else "")
+    message = (
+        f"resolved: {record.label} is synced; the blocked export(s) before it ({files}) need "
+        "nothing more"
+    )
+    robot.notify(body=message, subject="siyu: tag-sync is back")
+    get_run_logger().info(message)
+    return message
