@@ -136,7 +136,6 @@ def _prepare_environment(prefect_url: str, sandbox_url: str) -> Path:
 
     Done before anything imports prefect, whose settings are read at import.
     """
-    from siyu.deployments.specs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
     from siyu.schemas.settings import (
         EMBEDDED,
         ENVIRONMENT_VARIABLE,
@@ -161,6 +160,9 @@ def _prepare_environment(prefect_url: str, sandbox_url: str) -> Path:
         print(f"Prefect home: {prefect_home} (PREFECT_HOME, as exported)", flush=True)
     os.environ.update(_prefect_environment(home, prefect_url))
     make_private_dir(Path(os.environ["PREFECT_HOME"]))
+    # Only now: the deployment table imports prefect, which reads its settings at import.
+    from siyu.deployments.specs import HEARTBEAT_SECONDS, HEARTBEAT_VARIABLE
+
     # The pace the dead-run automation expects of every run served here.
     os.environ[HEARTBEAT_VARIABLE] = str(HEARTBEAT_SECONDS)
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
