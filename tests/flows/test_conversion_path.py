@@ -163,6 +163,9 @@ def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced)
         assert set(run.parameters) == {"cohort", "touch"}
 
 
+# A month on the sandbox's clock costs minutes: it runs on SQLite; PostgreSQL's ledger, outbox and
+# claims are proven by the shorter flow tests that run on both.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_month_of_touches_against_the_sandbox(synced, scheduled) -> None:
     """A month day by day: daily exports, conversions after touch 1 and touch 3, one who never
     converts, one who deletes the manager, a holdout, a holiday on touch 3's day."""

@@ -158,6 +158,9 @@ def test_a_game_chooses_winners_after_the_delay_and_pays_them_once(cadence_syste
     assert health["groups"] == 20 and health["dying"] == []
 
 
+# A month on the sandbox's clock costs minutes: it runs on SQLite; PostgreSQL's ledger, outbox and
+# claims are proven by the shorter flow tests that run on both.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_four_weeks_of_the_default_template_over_20_groups(cadence_system, database_url, tmp_path):
     """The Done-when of the cadence: every slot once, rotation, winners, payouts once, quota, dying."""
     sandbox, engine = cadence_system

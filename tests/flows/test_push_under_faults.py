@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+import pytest
+
 from siyu.flows.contacts_sync import contacts_sync
 from siyu.sandbox.sample import SampleSpec, generate
 from siyu.schemas.database import upgrade
@@ -13,6 +15,9 @@ from tests.flows.conftest import DAY, SALT, System
 from tests.flows.test_tag_sync import bound_pairs, expected_tags, run_tag_sync, tags_by_pair
 
 
+# Minutes of work (a month on the clock, or a long push under faults): it runs on SQLite; PostgreSQL's ledger, outbox and
+# claims are proven by the shorter flow tests that run on both.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_a_push_meeting_45009_lost_requests_and_lost_replies_ends_exact(
     prefect_server, sandbox, database_url, siyu_home, monkeypatch, tmp_path
 ):
