@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export GX_ANALYTICS_ENABLED := false
 export DO_NOT_TRACK := 1
 
-.PHONY: up test bench lint install clean
+.PHONY: up test bench lint install clean scale-test
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "siyu needs Python 3.11 ($(PYTHON)); set PYTHON=..."; exit 1; }
@@ -26,6 +26,10 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The two-worker scale-out on PostgreSQL (README, "How it scales"), alone: ~3 minutes.
+scale-test: $(STAMP)
+	$(BIN)/python -m pytest tests/deployments/test_scale_out.py tests/deployments/test_recovery.py $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run

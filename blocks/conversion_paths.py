@@ -178,6 +178,11 @@ class ConversionPath(BaseModel):
     title: str = Field(min_length=1, max_length=40, description="What ops read, e.g. 代发稳健理财")
     priority: int = Field(description="A customer matching several paths enters the highest")
     active: bool = Field(default=True, description="Inactive paths enrol nobody new")
+    paused: bool = Field(
+        default=False,
+        description="Paused by ops: its touch runs send nothing and record each planned send "
+        "skipped with reason 'path paused by ops'; enrolment continues unless active is false",
+    )
     entry: EntryRule = Field(description="Who enters: conditions over export fields and tags")
     goal: Goal = Field(description="The conversion that ends the path, and its window")
     touches: list[Touch] = Field(

@@ -8,8 +8,17 @@ from typing import Any
 from prefect.blocks.core import Block
 from prefect.exceptions import ObjectNotFound
 
+from siyu.blocks.conversion_paths import ConversionPaths
 from siyu.blocks.database import SiyuDatabase
 from siyu.blocks.export_source import ExportSource
+from siyu.blocks.group_cadence import (
+    ActivityLibrary,
+    CadenceTemplate,
+    EntriesSource,
+    PayoutAccount,
+    ProductCalendar,
+)
+from siyu.blocks.send_rules import SendRules
 from siyu.blocks.tag_rules import TagRules
 from siyu.blocks.wecom import WeComApp
 from siyu.schemas.settings import (
@@ -30,6 +39,23 @@ BLOCK_TYPES: dict[str, type[Block]] = {
     "tag_rules": TagRules,
 }
 
+# The playbooks ops edit; each has working defaults, so a server gets them saved to edit.
+PLAYBOOK_TYPES: tuple[type[Block], ...] = (
+    ConversionPaths,
+    SendRules,
+    CadenceTemplate,
+    ProductCalendar,
+    ActivityLibrary,
+)
+# Money and customer files: saved only from values someone gave, never from demo defaults.
+GIVEN_ONLY_TYPES: tuple[type[Block], ...] = (EntriesSource, PayoutAccount)
+# Every block type siyu defines: registered on a server so its Blocks page can make each.
+SIYU_BLOCK_TYPES: tuple[type[Block], ...] = (
+    *BLOCK_TYPES.values(),
+    *PLAYBOOK_TYPES,
+    *GIVEN_ONLY_TYPES,
+)
+
 
 class MissingBlock(LookupError):
     """A block the run needs is not saved (production never falls back to demo defaults)."""
@@ -39,7 +65,7 @@ class MissingBlock(LookupError):
         self.name = name
         super().__init__(
             f"the {_type_name(block_type)} block {name!r} is not saved: run `siyu up` (embedded) "
-            "or save it in the Blocks page of the Prefect UI "
+            "or `siyu deploy` (production), or save it in the Blocks page of the Prefect UI "
             f"(block type {block_type.get_block_type_slug()!r}, name {name!r})"
         )
 
@@ -136,7 +162,7 @@ def _block_from_settings(attribute: str, settings: Settings) -> Block:
     raise KeyError(attribute)
 
 
-def _load_saved(block_type: type[Block], name: str) -> Block | None:
+def load_saved(block_type: type[Block], name: str) -> Block | None:
     """The block saved under `name`, or None when there is none (a broken one still raises)."""
     try:
         return block_type.load(name)
@@ -169,7 +195,7 @@ def load_environment(name: str = BLOCK_NAME, kind: EnvironmentKind | None = None
 
     def load(attribute: str) -> Block:
         block_type = BLOCK_TYPES[attribute]
-        block = _load_saved(block_type, name)
+        block = load_saved(block_type, name)
         if block is not None:
             return _checked(attribute, block, name)
         if kind != EMBEDDED:
@@ -187,6 +213,6 @@ def register_blocks(settings: Settings, *, wecom_base_url: str | None = None) ->
         settings = settings.model_copy(update={"wecom_base_url": wecom_base_url})
     for attribute, block_type in BLOCK_TYPES.items():
         # Saved before, perhaps edited by ops since: keep it.
-        if _load_saved(block_type, BLOCK_NAME) is None:
+        if load_saved(block_type, BLOCK_NAME) is None:
             _block_from_settings(attribute, settings).save(BLOCK_NAME)
     return load_environment(BLOCK_NAME, kind=EMBEDDED)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from siyu.schemas.export import DEFAULT_BRANCHES, CollapseLimits, Completeness, ExportLayout
 
@@ -77,6 +77,25 @@ class ExportSource(Block):
     mobile_salt: SecretStr = Field(
         description="Secret salt for hashing mobiles; changing it unbinds every contact"
     )
+    binding_drop_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Fall of the share of contacts bound to export rows, against the last synced "
+        "export, above which the sync fails and changes nothing (0.5: half of it gone)",
+    )
+
+    @field_validator("landing_dir", "reports_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # A worker runs each flow in a fresh temporary directory: a relative directory would be
+        # a different (empty) place on every run and every machine.
+        if not Path(value).is_absolute():
+            raise ValueError(
+                f"{value!r} is a relative directory: give the absolute path of the directory "
+                "every worker reads (a shared mount in production)"
+            )
+        return value
 
     def landing_path(self) -> Path:
         """The landing directory as a path."""

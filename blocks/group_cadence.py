@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect.blocks.core import Block
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -15,6 +15,9 @@ Delivery = Literal["employee_reminder", "mass_template"]
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 WinnerRule = Literal["first_correct", "lottery", "all_players"]
+
+if TYPE_CHECKING:
+    from siyu.blocks.wecom_pay import PayClient
 
 DEFAULT_PAY_BASE_URL = "https://api.mch.weixin.qq.com/"
 
@@ -50,12 +53,19 @@ class Slot(BaseModel):
 
 
 class GroupOverride(BaseModel):
-    """One group's exception to the template: skip slots, or move one to another time."""
+    """One group's exception to the template: skip slots, move one to another time, or pause it."""
 
     chat_id: str
     skip: list[str] = Field(default_factory=list, description="Slot names this group skips")
     times: dict[str, dt.time] = Field(
         default_factory=dict, description="Slot name -> another local time for this group"
+    )
+    paused: bool = Field(
+        default=False,
+        description=(
+            "Paused by ops: every slot of this group is recorded skipped with reason "
+            "'group paused by ops'"
+        ),
     )
 
 
@@ -105,7 +115,16 @@ class CadenceTemplate(Block):
     name_patterns: list[str] = Field(
         default_factory=list, description="Group name patterns, e.g. *信用卡* (empty: all)"
     )
-    group_tags: list[str] = Field(default_factory=list, description="Groups with one of these tags")
+    group_tags: list[str] = Field(
+        default_factory=list, description="Groups carrying one of these tags (empty: all)"
+    )
+    tagged_groups: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "The groups' tags, kept here because WeCom's API lists no tags of a group: tag -> "
+            'chat_ids or chat_id patterns, e.g. {"北区": ["wrN*"]}'
+        ),
+    )
     overrides: list[GroupOverride] = Field(
         default_factory=list, description="Per-group exceptions: skip a slot or move it"
     )
@@ -135,6 +154,18 @@ class CadenceTemplate(Block):
         raise KeyError(
             f"no slot {name!r} in cadence {self.name}: one of {[s.name for s in self.slots]}"
         )
+
+    def tags_of(self, chat_id: str) -> set[str]:
+        """The tags a group carries (`tagged_groups`), by its chat_id or a pattern of them."""
+        return {
+            tag
+            for tag, chats in self.tagged_groups.items()
+            if any(chat_id == c or fnmatch.fnmatchcase(chat_id, c) for c in chats)
+        }
+
+    def paused(self) -> set[str]:
+        """The chat_ids ops paused: their slots are recorded skipped, nothing is sent."""
+        return {o.chat_id for o in self.overrides if o.paused}
 
     def follows(self, owner: str, name: str, tags: set[str] | frozenset[str] = frozenset()) -> bool:
         """Whether a group (its owner, name and tags) follows this template."""
@@ -217,7 +248,19 @@ class ActivityScript(BaseModel):
     joined_within_days: int | None = Field(
         default=None, ge=1, description="Only members who joined this many days before it (hook)"
     )
+    once_per_member: bool = Field(
+        default=False,
+        description="A member wins this script once ever, whichever day or group (the join hook)",
+    )
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_hook_is_won_once(cls, data: object) -> object:
+        # A join hook saved before `once_per_member` existed is still won once per member.
+        if isinstance(data, dict) and data.get("kind") == "join_hook":
+            data = {"once_per_member": True, **data}
+        return data
 
 
 def default_scripts() -> list[ActivityScript]:
@@ -231,9 +274,11 @@ def default_scripts() -> list[ActivityScript]:
                        winners_per_round=3, reward_fen=1000, questions=[
             Question(text="第一题", answer="a"), Question(text="第二题", answer="c"),
             Question(text="第三题", answer="b")]),
+        # One activity a day (asked at midnight, answers all day); each newcomer wins it once.
         ActivityScript(name="join-hook", kind="join_hook", theme="入群抽奖",
                        winner_rule="all_players", winners_per_round=10_000, reward_fen=500,
-                       pay_after_working_days=5, joined_within_days=14, questions=[
+                       pay_after_working_days=5, joined_within_days=14, window_minutes=24 * 60,
+                       once_per_member=True, questions=[
             Question(text="入群小游戏", options=[], answer="*")]),
     ]  # fmt: skip
 
@@ -254,6 +299,12 @@ class ActivityLibrary(Block):
     )
     group_week_budget_fen: int = Field(default=20_000, ge=0, description="Per group per week")
     programme_month_budget_fen: int = Field(default=5_000_000, ge=0, description="Per month")
+    budget_alert_share: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Ops are alerted once when a group's week or the month passes this share",
+    )
 
     @field_validator("scripts")
     @classmethod
@@ -310,6 +361,23 @@ class PayoutAccount(Block):
         default="银行福利官", description="Sender name shown on the red packet"
     )
     per_minute: int = Field(default=1_800, ge=1, description="Red packets a minute (WeChat Pay)")
+    shared_pacing: bool = Field(
+        default=True,
+        description=(
+            "Pace payouts through a Prefect rate limit shared by every worker (the settlement "
+            "creates it) instead of per process"
+        ),
+    )
+
+    def get_client(self) -> PayClient:
+        """A payout client for this merchant: the only place the merchant's keys are used."""
+        from siyu.blocks.wecom.pacing import PrefectPacer, RateLimits
+        from siyu.blocks.wecom_pay import PayClient, pacing_scope
+
+        pacer = None
+        if self.shared_pacing:
+            pacer = PrefectPacer(pacing_scope(self), RateLimits(self.per_minute))
+        return PayClient(self, pacer=pacer)
 
     @classmethod
     def from_env(cls, corp_id: str) -> PayoutAccount:

@@ -4,6 +4,11 @@ A payout is made under a bill number chosen before the first attempt. A timeout,
 connection, an HTTP 5xx or SYSTEMERROR leave its outcome unknown (`PayOutcomeUnknown`): the
 caller asks with `query_redpack(billno)` and, only if WeChat Pay has no trace of it, sends again
 with the SAME bill number. A refusal for good (`PayRefused`) carries WeChat Pay's err_code.
+
+Payouts are paced at the merchant's per-minute limit. WeChat Pay counts them per merchant, not
+per process, so the account's client (`PayoutAccount.get_client`) paces through the same shared
+mechanism as WeCom calls: a Prefect rate limit (`PrefectPacer`) named for `PAYOUT_API`, which
+`ensure_payout_rate_limit(account)` creates or updates.
 """
 
 from __future__ import annotations
@@ -17,10 +22,18 @@ from typing import Any
 import requests
 
 from siyu.blocks.group_cadence import PayoutAccount
-from siyu.blocks.wecom.pacing import ApiRateLimit
+from siyu.blocks.wecom.pacing import (
+    ApiRateLimit,
+    Pacer,
+    limit_name,
+    shared_shape,
+    upsert_rate_limit,
+)
 
 SEND_REDPACK = "mmpaymkttransfers/sendworkwxredpack"
 QUERY_REDPACK = "mmpaymkttransfers/queryworkwxredpack"
+# What the pacer calls every payout call (sends and queries alike): one limit per merchant.
+PAYOUT_API = "pay-redpacket"
 # Codes after which the payout may or may not have happened: ask, then resend the same number.
 UNKNOWN_CODES = frozenset({"SYSTEMERROR"})
 # Codes that mean "not now": the row stays open for a later settlement.
@@ -102,8 +115,51 @@ class Payout:
     status: str = "SENT"
 
 
+def payout_limit_name() -> str:
+    """The Prefect rate limit that paces payouts across processes (see pacing.limit_name)."""
+    return limit_name(PAYOUT_API)
+
+
+def pacing_scope(account: PayoutAccount) -> str:
+    """What WeChat Pay counts payouts against: the merchant at its host."""
+    return f"{account.pay_base_url}|{account.mch_id}"
+
+
+def ensure_payout_rate_limit(account: PayoutAccount) -> dict[str, int]:
+    """Make the shared rate limit of payouts fit the account's per-minute limit.
+
+    Created when missing, and cut again (pacing.upsert_rate_limit, as every WeCom API's) when it
+    lets more through than the account allows or was cut for another limit; one ops made
+    stricter or turned off is kept. Returns {limit name: calls a minute}.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    name = payout_limit_name()
+    shape = shared_shape(account.per_minute)
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            limit = None
+        fits = limit is not None and (
+            not limit.active
+            or (
+                shape.claim_slots <= limit.limit <= shape.limit_slots
+                and 0 < limit.slot_decay_per_second <= shape.decay_slots_per_second * 1.000001
+            )
+        )
+        if not fits:
+            upsert_rate_limit(client, PAYOUT_API, account.per_minute)
+    return {name: account.per_minute}
+
+
 class PayClient:
-    """Enterprise red packets for one merchant account; paced at the account's per-minute limit."""
+    """Enterprise red packets for one merchant account; paced at the account's per-minute limit.
+
+    With a `pacer` (the account's shared pacing) every call waits for `PAYOUT_API`'s slot;
+    without one, an in-process bucket paces this client alone.
+    """
 
     def __init__(
         self,
@@ -112,6 +168,7 @@ class PayClient:
         timeout: float = 10.0,
         session: requests.Session | None = None,
         rate_limit: ApiRateLimit | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         base = account.pay_base_url
         self.base_url = base if base.endswith("/") else base + "/"
@@ -119,6 +176,7 @@ class PayClient:
         self.timeout = timeout
         self._session = session or requests.Session()
         self._limit = rate_limit or ApiRateLimit(account.per_minute)
+        self._pacer = pacer
         self.calls: dict[str, int] = {}
 
     def close(self) -> None:
@@ -130,7 +188,10 @@ class PayClient:
             fields["sign"] = pay_sign(fields, key)
         else:
             fields["sign"] = "unsigned"
-        self._limit.acquire()
+        if self._pacer is not None:
+            self._pacer.acquire(PAYOUT_API)
+        else:
+            self._limit.acquire()
         self.calls[api] = self.calls.get(api, 0) + 1
         try:
             reply = self._session.post(

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,14 @@ def _port(value: str) -> int:
     return port
 
 
+def _iso_date(value: str) -> date:
+    """An argparse type: a calendar date written YYYY-MM-DD."""
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date written YYYY-MM-DD") from exc
+
+
 def _positive(value: str) -> int:
     """An argparse type: a count of at least 1."""
     try:
@@ -62,6 +70,24 @@ def _positive(value: str) -> int:
     if count < 1:
         raise argparse.ArgumentTypeError(f"{count} must be at least 1")
     return count
+
+
+def _absolute_dir(value: str) -> str:
+    """An argparse type: an absolute directory (a worker's working directory is a fresh temp)."""
+    if not Path(value).is_absolute():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is relative: give the absolute path of a directory every worker reads "
+            "(a shared mount), e.g. /srv/siyu/landing"
+        )
+    return value
+
+
+def _branches(value: str) -> tuple[str, ...]:
+    """An argparse type: comma-separated branch codes."""
+    codes = tuple(code.strip() for code in value.split(",") if code.strip())
+    if not codes:
+        raise argparse.ArgumentTypeError(f"{value!r} names no branch code")
+    return codes
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -76,6 +102,86 @@ def cmd_up(args: argparse.Namespace) -> int:
             browser_hint=not args.no_browser_hint,
         )
     )
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Set up the production Prefect server (PREFECT_API_URL) and deploy every deployment."""
+    from pydantic import SecretStr
+
+    def given(flag_value: str | None, variable: str) -> str | None:
+        return flag_value or os.environ.get(variable) or None
+
+    def secret(flag_value: str | None, variable: str) -> SecretStr | None:
+        value = given(flag_value, variable)
+        return SecretStr(value) if value else None
+
+    from prefect.settings import PREFECT_API_URL
+
+    api_url = PREFECT_API_URL.value()
+    if not api_url:
+        print(
+            "siyu deploy: PREFECT_API_URL is not set: export the production Prefect server's "
+            "API, e.g. PREFECT_API_URL=http://prefect.bank:4200/api (without it Prefect would "
+            "deploy to a temporary server of its own)",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        unhealthy = client.api_healthcheck()
+    if unhealthy is not None:
+        print(
+            f"siyu deploy: the Prefect server at {api_url} does not answer ({unhealthy}): start "
+            "it, or fix PREFECT_API_URL",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR
+
+    from siyu.deployments.setup import ServerConfig, SetupRefused, deploy_all, prepare_server
+    from siyu.deployments.specs import WORK_POOL
+
+    config = ServerConfig(
+        environment="production",
+        database_url=secret(args.database_url, "SIYU_DATABASE_URL"),
+        landing_dir=args.landing_dir,
+        reports_dir=args.reports_dir,
+        entries_dir=args.entries_dir,
+        branches=args.branches,
+        wecom_base_url=args.wecom_base_url,
+        wecom_corp_id=args.wecom_corp_id,
+        wecom_secret=secret(args.wecom_secret, "SIYU_WECOM_SECRET"),
+        wecom_agent_id=args.wecom_agent_id,
+        mobile_salt=secret(args.mobile_salt, "SIYU_MOBILE_SALT"),
+        robot_url=args.robot_url,
+        robot_key=secret(args.robot_key, "SIYU_ROBOT_KEY"),
+        pay_base_url=args.pay_base_url,
+        pay_mch_id=args.pay_mch_id,
+        pay_api_key=secret(args.pay_api_key, "SIYU_PAY_API_KEY"),
+        pay_secret=secret(args.pay_secret, "SIYU_PAY_SECRET"),
+        work_pool=WORK_POOL,
+    )
+    print(f"Prefect server: {api_url}", flush=True)
+    try:
+        report = prepare_server(config)
+    except SetupRefused as refused:
+        print(f"siyu deploy: {refused}; nothing was saved", file=sys.stderr)
+        return EXIT_ERROR
+    print(report.render(), flush=True)
+    for line in deploy_all(WORK_POOL, schedules=args.schedules):
+        print(line, flush=True)
+    print(
+        f"\nOn each worker machine (siyu installed): PREFECT_API_URL={api_url} "
+        f"prefect worker start --pool {WORK_POOL}",
+        flush=True,
+    )
+    if args.schedules is None:
+        print(
+            "New schedules start paused: switch them on in the UI, or run "
+            "`siyu deploy --schedules on`.",
+            flush=True,
+        )
+    return EXIT_ERROR if report.problems else EXIT_OK
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -144,7 +250,7 @@ def cmd_contacts_sync(args: argparse.Namespace) -> int:
     _prepare_flow_run()
     from siyu.flows.contacts_sync import contacts_sync
 
-    return _report_state(contacts_sync(return_state=True))
+    return _report_state(contacts_sync(as_of=args.at, return_state=True))
 
 
 def cmd_tag_sync(args: argparse.Namespace) -> int:
@@ -177,12 +283,47 @@ def _as_of(value: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=ZoneInfo("Asia/Shanghai"))
 
 
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+# The sends tracker's settings (a nested model parameter of the flow), one flag each.
+TRACK_SETTING_FLAGS = (
+    "remind_after",
+    "remind_every",
+    "reminders_per_day",
+    "send_window",
+    "in_flight_seconds",
+    "alert_after",
+)
+
+
+def _seconds(value: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        seconds = float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from exc
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0 seconds")
+    return seconds
+
+
+def _duration(value: str) -> timedelta:
+    """An argparse type: a duration such as 90m, 2h, 1d12h or 45s."""
+    match = _DURATION.fullmatch(value.strip())
+    if not value.strip() or match is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration like 90m, 2h, 1d12h or 45s")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
 def cmd_sends_track(args: argparse.Namespace) -> int:
     """Run the sends tracker once, for now or for the time given."""
     _prepare_flow_run()
     from siyu.flows.sends_track import sends_track
+    from siyu.tasks.tracking import TrackSettings
 
-    return _report_state(sends_track(as_of=args.at, return_state=True))
+    given = _given(args, *TRACK_SETTING_FLAGS)
+    settings = TrackSettings(**given) if given else None
+    return _report_state(sends_track(as_of=args.at, settings=settings, return_state=True))
 
 
 def cmd_path_enroll(args: argparse.Namespace) -> int:
@@ -197,7 +338,11 @@ def cmd_path_enroll(args: argparse.Namespace) -> int:
         # The day's enrolment as the daily run does it: after the tag sync, before touch 1.
         day = datetime.strptime(args.date, "%Y%m%d")
         as_of = day.replace(hour=9, tzinfo=ZoneInfo("Asia/Shanghai"))
-    return _report_state(path_enroll(as_of=as_of, dry_run=args.dry_run, return_state=True))
+    return _report_state(
+        path_enroll(
+            as_of=as_of, dry_run=args.dry_run, new_contacts=args.new_contacts, return_state=True
+        )
+    )
 
 
 def cmd_path_touch(args: argparse.Namespace) -> int:
@@ -229,6 +374,7 @@ def cmd_cadence_slot(args: argparse.Namespace) -> int:
         as_of=args.at,
         chat_ids=args.chat or None,
         dry_run=args.dry_run,
+        schedule_winners=not args.no_schedule_winners,
         return_state=True,
     )
     return _report_state(state)
@@ -239,7 +385,10 @@ def cmd_cadence_due(args: argparse.Namespace) -> int:
     _prepare_flow_run()
     from siyu.flows.group_cadence import cadence_due
 
-    return _report_state(cadence_due(until=args.until, since=args.since, return_state=True))
+    extra = _given(args, "in_flight_seconds")
+    return _report_state(
+        cadence_due(until=args.until, since=args.since, **extra, return_state=True)
+    )
 
 
 def cmd_activity_winners(args: argparse.Namespace) -> int:
@@ -250,12 +399,39 @@ def cmd_activity_winners(args: argparse.Namespace) -> int:
     return _report_state(activity_winners(activity=args.activity, as_of=args.at, return_state=True))
 
 
+def cmd_housekeeping(args: argparse.Namespace) -> int:
+    """Remove what outlived its retention period once, for now or for --at."""
+    _prepare_flow_run()
+    from siyu.flows.housekeeping import housekeeping
+
+    return _report_state(housekeeping(as_of=args.at, dry_run=args.dry_run, return_state=True))
+
+
+def cmd_report_weekly(args: argparse.Namespace) -> int:
+    """Make the weekly management report for the last full week, or the week of --week."""
+    _prepare_flow_run()
+    from siyu.flows.weekly_report import weekly_report
+
+    return _report_state(
+        weekly_report(week_of=args.week, at=args.at, weeks=args.weeks, return_state=True)
+    )
+
+
+def cmd_activity_join_hook(args: argparse.Namespace) -> int:
+    """Open today's join-hook lottery in every group and draw the days that ended."""
+    _prepare_flow_run()
+    from siyu.flows.group_cadence import join_hook
+
+    return _report_state(join_hook(as_of=args.at, return_state=True))
+
+
 def cmd_rewards_settle(args: argparse.Namespace) -> int:
     """Pay the granted wins whose pay day has come."""
     _prepare_flow_run()
     from siyu.flows.group_cadence import rewards_settle
 
-    return _report_state(rewards_settle(as_of=args.at, return_state=True))
+    extra = _given(args, "in_flight_seconds")
+    return _report_state(rewards_settle(as_of=args.at, **extra, return_state=True))
 
 
 def cmd_groups_health(args: argparse.Namespace) -> int:
@@ -265,6 +441,11 @@ def cmd_groups_health(args: argparse.Namespace) -> int:
 
     day = datetime.strptime(args.date, "%Y%m%d").date() if args.date else None
     return _report_state(group_health(date=day, return_state=True))
+
+
+def _given(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    """The flags among `names` that were given: the flow's own defaults stand for the rest."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _report_state(state: Any) -> int:
@@ -309,6 +490,79 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not print what to open in the browser",
     )
     up.set_defaults(handler=cmd_up)
+
+    deploy = commands.add_parser(
+        "deploy",
+        help="set up the production Prefect server and deploy every deployment to pool 'siyu'",
+        description="Set up the Prefect server PREFECT_API_URL points at as `siyu up` sets up "
+        "the embedded one (block types, the blocks, siyu's database schema, the WeCom rate "
+        "limits, the ops robot and its automations, the process work pool 'siyu'), then deploy "
+        "every deployment to that pool. A value is needed only while its block is not saved: "
+        "saved blocks (and ops' edits of them) are kept, so running it again is safe. Secrets "
+        "are best given as the variables named (a flag shows in `ps`). Workers then need only "
+        "PREFECT_API_URL: `prefect worker start --pool siyu`. Exit code 0: done; 1: refused "
+        "or something needs someone (said on the last lines).",
+    )
+    deploy.add_argument(
+        "--database-url", default=None, help="siyu's database (or SIYU_DATABASE_URL)"
+    )
+    deploy.add_argument(
+        "--landing-dir",
+        type=_absolute_dir,
+        default=None,
+        help="absolute shared directory the exports land in (every worker reads it)",
+    )
+    deploy.add_argument(
+        "--reports-dir",
+        type=_absolute_dir,
+        default=None,
+        help="absolute shared directory for the gate's Data Docs",
+    )
+    deploy.add_argument(
+        "--entries-dir",
+        type=_absolute_dir,
+        default=None,
+        help="absolute shared directory game entries land in",
+    )
+    deploy.add_argument(
+        "--branches", type=_branches, default=None, help="branch codes, comma-separated"
+    )
+    deploy.add_argument(
+        "--wecom-base-url", default=None, help="WeCom API root (default: WeCom's own)"
+    )
+    deploy.add_argument("--wecom-corp-id", default=None, help="WeCom corp id (ww...)")
+    deploy.add_argument("--wecom-agent-id", type=int, default=None, help="the app's agent id")
+    deploy.add_argument(
+        "--wecom-secret", default=None, help="the app's secret (or SIYU_WECOM_SECRET)"
+    )
+    deploy.add_argument(
+        "--mobile-salt",
+        default=None,
+        help="salt of mobile hashes (or SIYU_MOBILE_SALT); neither: one is made once and kept",
+    )
+    deploy.add_argument(
+        "--robot-url",
+        default=None,
+        help="ops group robot URL with {{key}} (default: <wecom-base-url>webhook/send?key={{key}})",
+    )
+    deploy.add_argument("--robot-key", default=None, help="the robot's key (or SIYU_ROBOT_KEY)")
+    deploy.add_argument("--pay-base-url", default=None, help="WeChat Pay API root")
+    deploy.add_argument(
+        "--pay-mch-id", default=None, help="WeChat Pay merchant id: saves the Payout Account"
+    )
+    deploy.add_argument(
+        "--pay-api-key", default=None, help="merchant API key (or SIYU_PAY_API_KEY)"
+    )
+    deploy.add_argument(
+        "--pay-secret", default=None, help="WeCom payment secret (or SIYU_PAY_SECRET)"
+    )
+    deploy.add_argument(
+        "--schedules",
+        choices=("on", "off"),
+        default=None,
+        help="switch every schedule on or off (default: new ones paused, others as they are)",
+    )
+    deploy.set_defaults(handler=cmd_deploy)
 
     sandbox = commands.add_parser(
         "sandbox",
@@ -385,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
         + " Exit code 0: completed; 2: the run failed (e.g. WeCom refused the app); 1: any "
         "other error.",
     )
+    contacts.add_argument(
+        "--at",
+        type=_as_of,
+        default=None,
+        help="the time to sync for, ISO (default: now); new contacts enrol as of then",
+    )
     contacts.set_defaults(handler=cmd_contacts_sync)
 
     tags = commands.add_parser(
@@ -433,6 +693,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="the time to track for, ISO (default: now in Asia/Shanghai)",
     )
+    track.add_argument(
+        "--remind-after",
+        type=_duration,
+        default=None,
+        help="first reminder this long after a message is created, e.g. 2h (default 2h)",
+    )
+    track.add_argument(
+        "--remind-every",
+        type=_duration,
+        default=None,
+        help="at least this long between two reminders, e.g. 4h (default 4h)",
+    )
+    track.add_argument(
+        "--reminders-per-day",
+        type=int,
+        choices=(0, 1, 2, 3),
+        default=None,
+        help="reminders a message in any 24 h (WeCom allows 3; default 3)",
+    )
+    track.add_argument(
+        "--send-window",
+        type=_duration,
+        default=None,
+        help="a message unconfirmed this long is cancelled, e.g. 2d (default 48h)",
+    )
+    track.add_argument(
+        "--in-flight-seconds",
+        type=_seconds,
+        default=None,
+        help="the outbox's in-flight window for replanned sends (default 30)",
+    )
+    track.add_argument(
+        "--alert-after",
+        type=_duration,
+        default=None,
+        help="a message unconfirmed this long is told to ops, once (default 24h)",
+    )
     track.set_defaults(handler=cmd_sends_track)
 
     path = commands.add_parser(
@@ -457,6 +754,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the day to enrol for, YYYYMMDD (default: now in Asia/Shanghai)",
     )
     enroll.add_argument("--dry-run", action="store_true", help="say who would enter, store nothing")
+    enroll.add_argument(
+        "--new-contacts",
+        action="store_true",
+        help="enrol only customers never in a path, without evaluating conversions",
+    )
     enroll.set_defaults(handler=cmd_path_enroll)
     touch = path_commands.add_parser(
         "touch",
@@ -502,6 +804,11 @@ def build_parser() -> argparse.ArgumentParser:
     slot.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
     slot.add_argument("--chat", action="append", default=[], help="only this group (repeatable)")
     slot.add_argument("--dry-run", action="store_true", help="plan and report, send nothing")
+    slot.add_argument(
+        "--no-schedule-winners",
+        action="store_true",
+        help="do not schedule the activity-winners run (choose them later by hand)",
+    )
     slot.set_defaults(handler=cmd_cadence_slot)
     cadence_due = cadence_commands.add_parser(
         "due",
@@ -513,6 +820,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cadence_due.add_argument(
         "--since", type=_as_of, default=None, help="look back from here (default: 7 days)"
+    )
+    cadence_due.add_argument(
+        "--in-flight-seconds",
+        type=_seconds,
+        default=None,
+        help="how long a payout without an answer is left before it is asked about (default 30)",
     )
     cadence_due.set_defaults(handler=cmd_cadence_due)
 
@@ -526,6 +839,47 @@ def build_parser() -> argparse.ArgumentParser:
     winners.add_argument("activity", help="the activity key, e.g. weekly:tue-game:2026-W49")
     winners.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
     winners.set_defaults(handler=cmd_activity_winners)
+    hook = activity_commands.add_parser(
+        "join-hook", help="open today's join-hook lottery, draw the days that ended"
+    )
+    hook.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
+    hook.set_defaults(handler=cmd_activity_join_hook)
+
+    keep = commands.add_parser(
+        "housekeeping",
+        help="remove records past their retention periods",
+        description="Remove final send-ledger rows, finished outbox rows, quarantined rows and "
+        "files and old Data Docs (unsettled rows stay), once. "
+        + flow_env
+        + " Exit code 0: completed; 2: the run failed; 1: any other error.",
+    )
+    keep.add_argument(
+        "--at", type=_as_of, default=None, help="the time to run for, ISO (default: now)"
+    )
+    keep.add_argument(
+        "--dry-run", action="store_true", help="count what would be removed, remove nothing"
+    )
+    keep.set_defaults(handler=cmd_housekeeping)
+
+    report = commands.add_parser("report", help="management reports (artifacts in the UI)")
+    report_commands = report.add_subparsers(dest="report_command", metavar="COMMAND", required=True)
+    weekly = report_commands.add_parser("weekly", help="the weekly management report")
+    weekly.add_argument(
+        "--week",
+        type=_iso_date,
+        default=None,
+        help="any day of the week to report, YYYY-MM-DD (default: the last full week)",
+    )
+    weekly.add_argument(
+        "--weeks",
+        type=_positive,
+        default=4,
+        help="weeks compared, ending with that one (default 4, at most 12)",
+    )
+    weekly.add_argument(
+        "--at", type=_as_of, default=None, help="the time to report for, ISO (default: now)"
+    )
+    weekly.set_defaults(handler=cmd_report_weekly)
 
     rewards = commands.add_parser("rewards", help="reward payouts")
     rewards_commands = rewards.add_subparsers(
@@ -533,6 +887,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     settle = rewards_commands.add_parser("settle", help="pay the granted wins that are due")
     settle.add_argument("--at", type=_as_of, default=None, help="ISO time (default: now)")
+    settle.add_argument(
+        "--in-flight-seconds",
+        type=_seconds,
+        default=None,
+        help="how long a payout without an answer is left before it is asked about (default 30)",
+    )
     settle.set_defaults(handler=cmd_rewards_settle)
 
     groups = commands.add_parser("groups", help="customer groups")

@@ -170,7 +170,9 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
             "Every day at 07:30 Beijing time, after the tag sync: evaluate every path member's "
             "goal on the newest accepted export, enter matching customers in no path into the "
             "day's cohorts (10 % holdout) and schedule each cohort's four path-touch runs. Run "
-            "it by hand with dry_run to see who would enter, per path and manager."
+            "it by hand with dry_run to see who would enter, per path and manager. contacts-sync "
+            "also starts a run of it (new_contacts) as soon as it binds new contacts, so their "
+            "first touch comes right after they are added."
         ),
         tags=("siyu", "conversion-path"),
         # Two enrolments at once would put one customer in two cohorts.
@@ -224,6 +226,20 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         concurrency_limit=2,
     ),
     DeploymentSpec(
+        flow_name="join-hook",
+        name="daily",
+        entrypoint="siyu.flows.group_cadence.join_hook",
+        description=(
+            "Every day at 00:30: open the day's join-hook lottery in every group on the cadence "
+            "template and draw the days that ended: each member who joined within 14 days and "
+            "played wins once, paid 5 working days after the play by rewards-settle; members who "
+            "joined and did not play get nothing."
+        ),
+        tags=("siyu", "group-cadence", "rewards"),
+        concurrency_limit=1,
+        schedules=(ScheduleSpec(cron="30 0 * * *"),),
+    ),
+    DeploymentSpec(
         flow_name="rewards-settle",
         name="daily",
         entrypoint="siyu.flows.group_cadence.rewards_settle",
@@ -248,6 +264,76 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         concurrency_limit=1,
         schedules=(ScheduleSpec(cron="0 9 * * *"),),
     ),
+    DeploymentSpec(
+        flow_name="weekly-report",
+        name="monday",
+        entrypoint="siyu.flows.weekly_report.weekly_report",
+        description=(
+            "Every Monday at 09:00 Beijing time: the management report of the week that just "
+            "ended (customers, tags, touches and confirmation lag, conversions and uplift, AUM, "
+            "groups, participation, rewards against budget), week over week, as a markdown "
+            "artifact with charts and one table artifact per figure. Run it by hand with "
+            "week_of for any week."
+        ),
+        tags=("siyu", "report"),
+        concurrency_limit=1,
+        schedules=(ScheduleSpec(cron="0 9 * * 1"),),
+    ),
+    DeploymentSpec(
+        flow_name="housekeeping",
+        name="daily",
+        entrypoint="siyu.flows.housekeeping.housekeeping",
+        description=(
+            "Every day at 03:00 Beijing time: remove send-ledger, outbox and quarantine records "
+            "older than their retention periods (the `periods` parameter: edit it on this "
+            "deployment) and old Data Docs; unsettled rows stay whatever their age. Run it by "
+            "hand with dry_run to count what would go."
+        ),
+        tags=("siyu", "housekeeping"),
+        concurrency_limit=1,
+        schedules=(ScheduleSpec(cron="0 3 * * *"),),
+    ),
+    DeploymentSpec(
+        flow_name="ops-alerts",
+        name="every-5-minutes",
+        entrypoint="siyu.flows.ops_alerts.ops_alerts",
+        description=(
+            "Every five minutes, listening 285 s: queue each failed or crashed siyu run and each siyu.* "
+            "event once, and post them to the ops robot as digests (at most 18 a minute), each "
+            "with its next step and link."
+        ),
+        tags=("siyu", "ops"),
+        # One flusher at a time: the robot's minute is counted in one place.
+        concurrency_limit=1,
+        schedules=(ScheduleSpec(cron="*/5 * * * *"),),
+    ),
+    *(
+        DeploymentSpec(
+            flow_name=name,
+            name="on-demand",
+            entrypoint=f"siyu.flows.ops_actions.{name.replace('-', '_')}",
+            description=description,
+            tags=("siyu", "ops-action"),
+            concurrency_limit=1,
+        )
+        for name, description in (
+            (
+                "touch-rerun",
+                "Rerun one touch of one cohort now (force: even if it ran); nobody is sent it "
+                "twice.",
+            ),
+            (
+                "message-cancel",
+                "Cancel a mass message its employee has not confirmed; its sends fail 'cancelled'.",
+            ),
+            ("path-pause", "Pause a conversion path: its touches send nothing until resumed."),
+            ("path-resume", "Resume a paused conversion path."),
+            ("cadence-pause", "Pause one group's weekly cadence (by chat_id)."),
+            ("cadence-resume", "Resume one group's weekly cadence."),
+            ("payout-resend", "Resend a failed payout by bill number, after asking WeChat Pay."),
+            ("tracking-rerun", "Run the sends tracker now, for a given time."),
+        )
+    ),
 )
 
 PREFECT_YAML_HEADER = """\
@@ -255,11 +341,10 @@ PREFECT_YAML_HEADER = """\
 # machines as needed. GENERATED from siyu/deployments/specs.py (the one list, which `siyu up`
 # serves too): edit the list there, then `python -m siyu.deployments.specs > prefect.yaml`.
 #
-# Once, against the production Prefect server (PREFECT_API_URL set):
-#   prefect work-pool create siyu --type process
-#   prefect deploy --all              # run from this directory; re-run after changing this file
-# On each machine that runs syncs (siyu installed, the siyu blocks saved on the server):
-#   prefect worker start --pool siyu
+# `siyu deploy` (README, "How it scales") deploys this same table from code, after saving the
+# blocks, rate limits and automations the runs need, with schedules paused: use it.
+# `prefect deploy --all` from this directory deploys the deployments alone, schedules on.
+# On each worker machine (siyu installed): PREFECT_API_URL=... prefect worker start --pool siyu
 #
 # Entrypoints are module paths of the installed package, so workers need siyu installed (pip
 # install), not a checkout: there is nothing to build, push or pull. `pull` is an empty list,

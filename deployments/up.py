@@ -155,6 +155,8 @@ def _prepare_environment(prefect_url: str, sandbox_url: str) -> Path:
     # `siyu up` is the embedded environment: a block not saved yet comes from SIYU_* defaults.
     os.environ[ENVIRONMENT_VARIABLE] = EMBEDDED
     os.environ.setdefault("SIYU_WECOM_BASE_URL", f"{sandbox_url}/cgi-bin/")
+    # The sandbox serves WeChat Pay's red-packet API too: demo payouts never leave the machine.
+    os.environ.setdefault("SIYU_PAY_BASE_URL", f"{sandbox_url}/")
     prefect_home = os.environ.get("PREFECT_HOME")
     if prefect_home:
         print(f"Prefect home: {prefect_home} (PREFECT_HOME, as exported)", flush=True)
@@ -181,6 +183,9 @@ def _prefect_environment(home: Path, prefect_url: str) -> dict[str, str]:
         # The server needs the UI address to put run links into notifications.
         "PREFECT_UI_URL": prefect_url,
         "PREFECT_API_URL": f"{prefect_url}/api",
+        # Old flow runs, their logs and artifacts go after the retention period (90 days by
+        # default) as events do: otherwise Prefect's database grows ~0.5 GB a year (BENCHMARKS.md).
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
     }
 
 
@@ -359,22 +364,19 @@ def _control(sandbox_url: str, method: str, path: str, body: dict | None = None)
 
 
 def _register_blocks(wecom_base_url: str) -> None:
-    """Save the blocks the flows load, the limits, the dead-run detection and the failure alert."""
-    from siyu.blocks.environment import register_blocks
-    from siyu.deployments.alerts import ensure_alerts
-    from siyu.deployments.serve import prepare_server
+    """Set the server up as `siyu deploy` does production's: blocks, limits, robot, automations."""
+    from siyu.deployments.setup import ServerConfig, prepare_server
     from siyu.schemas.settings import Settings
 
-    env = register_blocks(Settings.from_env(), wecom_base_url=wecom_base_url)
-    prepare_server()
-    if env.wecom.shared_pacing:
-        from siyu.blocks.wecom import ensure_rate_limits
-
-        # Every flow run and worker then paces WeCom's per-API limits through these.
-        ensure_rate_limits(env.wecom)
-    # The sandbox's group robot stands in for the ops team's; edit the block for the real one.
-    ensure_alerts(f"{wecom_base_url}webhook/send?key={{{{key}}}}", robot_key=SANDBOX_ROBOT_KEY)
-    print("blocks, concurrency limit, dead-run detection and failure alert: registered", flush=True)
+    config = ServerConfig.embedded(
+        Settings.from_env(),
+        wecom_base_url=wecom_base_url,
+        # The sandbox's group robot stands in for the ops team's; edit the block for the real one.
+        robot_url=f"{wecom_base_url}webhook/send?key={{{{key}}}}",
+        robot_key=SANDBOX_ROBOT_KEY,
+    )
+    report = prepare_server(config)
+    print(report.render(), flush=True)
 
 
 def crash_unfinished_runs(message: str) -> None:

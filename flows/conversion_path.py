@@ -31,6 +31,7 @@ from siyu.tasks.delivery import MessageContent, send_batch
 from siyu.tasks.export import load_export, resolve_export_path
 from siyu.tasks.export_registry import COMMITTED
 from siyu.tasks.journeys import (
+    PAUSED_BY_OPS,
     active_customer_ids,
     apply_outcomes,
     choose_entrants,
@@ -38,12 +39,17 @@ from siyu.tasks.journeys import (
     drop_members,
     due_touch_runs,
     evaluate_goals,
+    ever_enrolled_customer_ids,
     flow_run_name,
+    funnel_markdown,
     mark_touch_done,
     newly_dropped,
     product_variants,
     read_contacts,
+    read_funnel,
     read_members,
+    running_cohorts,
+    skip_paused_sends,
     split_eligible,
     step_status,
     store_cohorts,
@@ -163,6 +169,14 @@ def _customer_tags(tags: pd.DataFrame, customers: pd.DataFrame) -> pd.DataFrame:
     )[["customer_id", "tag"]]
 
 
+def touch_run_key(cohort_id: int, touch: int, due: dt.datetime) -> str:
+    """The idempotency key of a touch's Prefect run: one run per (cohort, touch, due time).
+
+    In UTC, so the key read back from the database (UTC) is the one enrolment made (local).
+    """
+    return f"path:{cohort_id}:{touch}:{due.astimezone(dt.UTC).isoformat()}"
+
+
 def schedule_with_prefect(
     name: str, parameters: dict[str, Any], at: dt.datetime, run_name: str
 ) -> str | None:
@@ -229,10 +243,14 @@ def enrol_cohorts(
     rules: SendRules,
     as_of: dt.datetime,
     dry_run: bool,
-) -> pd.DataFrame:
+    new_contacts: bool = False,
+) -> tuple[pd.DataFrame, list[int]]:
     """Enter the matching customers in no path into today's cohorts and schedule their touches.
 
-    Returns the entrants per path and manager (with holdout counts): the artifact's table.
+    With `new_contacts`, only customers never in any path may enter (what a contacts sync that
+    bound new contacts asks for): a customer who left a path waits for the daily enrolment.
+    Returns the entrants per path and manager (with holdout counts: the artifact's table) and
+    the cohorts that gained members.
     """
     day = as_of.astimezone(rules.zone).date()
     engine = env.database.get_engine()
@@ -242,12 +260,11 @@ def enrol_cohorts(
         with Session(engine) as session, session.begin():
             customers = bound_customers(session, export.frame, as_of)
             tags = _customer_tags(contact_tags(session, names), customers)
-            entrants = choose_entrants(
-                customers, playbooks, tags, active_customer_ids(session), day
-            )
+            taken = (ever_enrolled_customer_ids if new_contacts else active_customer_ids)(session)
+            entrants = choose_entrants(customers, playbooks, tags, taken, day)
             if dry_run or entrants.empty:
                 session.rollback()
-                return _by_manager(entrants)
+                return _by_manager(entrants), []
             cohort_ids = store_cohorts(
                 session,
                 entrants,
@@ -258,7 +275,7 @@ def enrol_cohorts(
             )
             runs = _plan_touch_runs(session, playbooks, cohort_ids, rules, as_of)
         for run_name, cohort_id, touch, due in runs:
-            key = f"path:{cohort_id}:{touch}:{due.isoformat()}"
+            key = touch_run_key(cohort_id, touch, due)
             flow_run_id = SCHEDULER(key, {"cohort": cohort_id, "touch": touch}, due, run_name)
             if flow_run_id:
                 with Session(engine) as session, session.begin():
@@ -267,7 +284,7 @@ def enrol_cohorts(
                         .where(TouchRun.cohort_id == cohort_id, TouchRun.touch == touch)
                         .values(flow_run_id=flow_run_id)
                     )
-        return _by_manager(entrants)
+        return _by_manager(entrants), cohort_ids
     finally:
         engine.dispose()
 
@@ -328,6 +345,7 @@ def _table_markdown(frame: pd.DataFrame) -> str:
 def path_enroll(
     as_of: dt.datetime | None = None,
     dry_run: bool = False,
+    new_contacts: bool = False,
 ) -> State:
     """Evaluate conversions on the newest accepted export, then enrol today's cohorts.
 
@@ -335,27 +353,35 @@ def path_enroll(
         as_of: The time to enrol for (ISO, e.g. 2026-12-01T07:30+08:00); empty means now in
             Asia/Shanghai. A backfill or a test passes its own.
         dry_run: Report who would enter, per path and manager; store and schedule nothing.
+        new_contacts: Enrol only customers never in a path, without evaluating conversions:
+            what contacts-sync starts when it binds new contacts, so their first touch comes
+            right after they added their manager.
     """
     now = _as_of(as_of)
     env = load_environment()
     playbooks = load_playbooks()
     rules = load_send_rules()
-    export = newest_accepted_export(env, now.astimezone(rules.zone).date())
+    day = now.astimezone(rules.zone).date()
+    export = newest_accepted_export(env, day)
     if export is None:
         return Failed(
             message="no accepted core-banking export yet - run tag-sync first, then path-enroll"
         )
     outcomes = (
         {"converted": 0, "expired": 0, "dropped": 0}
-        if dry_run
+        if dry_run or new_contacts
         else evaluate_conversions(env, playbooks, export, rules)
     )
-    table = enrol_cohorts(env, playbooks, export, rules, now, dry_run)
+    table, gained = enrol_cohorts(env, playbooks, export, rules, now, dry_run, new_contacts)
+    if not dry_run:
+        # The daily run refreshes every running cohort's funnel (conversions land here); a new
+        # contacts' run only the cohorts it added to.
+        report_cohorts(env, gained if new_contacts else None, export.export_date)
+    kind = " (dry run)" if dry_run else " (new contacts)" if new_contacts else ""
     create_markdown_artifact(
         key="path-enroll",
         markdown=(
-            f"# Path enrolment {now.astimezone(rules.zone).date()}"
-            f"{' (dry run)' if dry_run else ''}\n\nExport {export.export_date}: "
+            f"# Path enrolment {day}{kind}\n\nExport {export.export_date}: "
             f"{outcomes['converted']} converted, {outcomes['expired']} expired, "
             f"{outcomes['dropped']} dropped.\n\n## Entrants by path and manager\n\n"
             + _table_markdown(table)
@@ -377,6 +403,43 @@ def _uplift_section(env: Environment) -> str:
     try:
         with Session(engine) as session:
             return uplift_markdown(cohort_uplift(session))
+    finally:
+        engine.dispose()
+
+
+def cohort_markdown(cohort: Cohort, funnel: pd.DataFrame) -> str:
+    """A cohort as ops read it: its members and, per touch, the funnel and its conversions."""
+    return (
+        f"# {cohort.title} · {cohort.cohort_day.isoformat()} cohort\n\n"
+        f"Path {cohort.path}: {cohort.members:,} members, of them {cohort.holdout:,} holdout "
+        "(never touched).\n\n## Per touch\n\nConversions are attributed to the last touch "
+        "delivered on or before the export that showed them.\n\n" + funnel_markdown(funnel)
+    )
+
+
+def _cohort_artifact(session: Session, cohort_id: int, programme: str) -> pd.DataFrame:
+    cohort = session.get(Cohort, cohort_id)
+    funnel = read_funnel(session, cohort_id, programme)
+    create_markdown_artifact(
+        key=f"path-cohort-{cohort_id}",
+        markdown=cohort_markdown(cohort, funnel),
+        description=f"{cohort.title} · {cohort.cohort_day.isoformat()} cohort: per touch "
+        "eligible, dropped, planned, deferred/skipped, created, confirmed, delivered, conversions",
+    )
+    return funnel
+
+
+@task(name="report cohorts", **STEP)
+def report_cohorts(env: Environment, cohort_ids: list[int] | None, since: dt.date) -> int:
+    """Refresh the artifact of each cohort (all running ones when None); returns how many."""
+    engine = env.database.get_engine()
+    try:
+        with Session(engine) as session:
+            ids = running_cohorts(session, since) if cohort_ids is None else cohort_ids
+            for cohort_id in ids:
+                cohort = session.get(Cohort, cohort_id)
+                _cohort_artifact(session, cohort_id, f"path:{cohort.path}")
+            return len(ids)
     finally:
         engine.dispose()
 
@@ -518,8 +581,23 @@ def send_touch(
             "dropped": plan.dropped,
             "holdout": plan.holdout,
             "variants": plan.variants,
+            "paused": path.paused,
         }
-        if len(plan.wanted):
+        if path.paused and len(plan.wanted):
+            # Ops paused the path: every send this touch wanted is recorded skipped, none goes.
+            with Session(engine) as session, session.begin():
+                summary, written = skip_paused_sends(
+                    session,
+                    plan.wanted,
+                    rules,
+                    as_of,
+                    playbook=path.programme,
+                    version=path.version(),
+                    export_checksum=export.checksum,
+                )
+            skipped = written.skipped + written.replanned
+            report.update(plan=summary, ledger={f"skipped:{PAUSED_BY_OPS}": skipped})
+        elif len(plan.wanted):
             with env.wecom.get_client() as client:
                 sent = send_batch(
                     engine,
@@ -535,6 +613,8 @@ def send_touch(
             report.update(plan=sent.plan, ledger=sent.ledger, calls=sent.calls)
         with Session(engine) as session, session.begin():
             mark_touch_done(session, cohort_id, touch, report, as_of)
+        with Session(engine) as session:
+            report["funnel"] = funnel_markdown(_cohort_artifact(session, cohort_id, path.programme))
         report["name"] = name
         return report
     finally:
@@ -542,14 +622,25 @@ def send_touch(
 
 
 def touch_markdown(report: dict[str, Any]) -> str:
-    """Per touch: eligible, dropped, planned, deferred/skipped by reason, ledger outcome."""
-    lines = [f"# {report['name']}", "", f"- eligible: {report['eligible']:,}"]
+    """Per touch: eligible, dropped, planned, deferred/skipped by reason, ledger outcome, and
+    the cohort's funnel with the conversions attributed to each touch so far."""
+    lines = [f"# {report['name']}", ""]
+    if report.get("paused"):
+        lines += [
+            f"**Paused by ops: nothing was sent; every planned send is skipped "
+            f"({PAUSED_BY_OPS}).**",
+            "",
+        ]
+    lines.append(f"- eligible: {report['eligible']:,}")
     lines += [f"- dropped ({k}): {v:,}" for k, v in report["dropped"].items()]
     lines.append(f"- holdout (never touched): {report['holdout']:,}")
     lines += [f"- variant {k}: {v:,}" for k, v in sorted(report["variants"].items())]
     lines += [f"- plan {k}: {v:,}" for k, v in sorted(report.get("plan", {}).items())]
     lines += [f"- ledger {k}: {v:,}" for k, v in sorted(report.get("ledger", {}).items())]
     lines += [f"- calls {k}: {v:,}" for k, v in sorted(report.get("calls", {}).items())]
+    if report.get("funnel"):
+        lines += ["", "## The cohort per touch (conversions: last delivered touch before)", ""]
+        lines.append(report["funnel"])
     return "\n".join(lines)
 
 
@@ -575,8 +666,16 @@ def path_touch(
     create_markdown_artifact(
         key=f"path-touch-{cohort}-{touch}",
         markdown=touch_markdown(report),
-        description="Eligible, dropped, planned, deferred/skipped by reason, ledger outcome",
+        description="Eligible, dropped, planned, deferred/skipped by reason, ledger outcome; "
+        "the cohort's conversions per touch",
     )
+    if report.get("paused"):
+        skipped = sum(report.get("ledger", {}).values())
+        return Completed(
+            message=f"{report['name']}: the path is paused by ops - nothing sent, "
+            f"{skipped:,} sends recorded skipped",
+            data=report,
+        )
     created = sum(v for k, v in report.get("ledger", {}).items() if not k.startswith("failed"))
     return Completed(
         message=f"{report['name']}: {report['eligible']:,} eligible, {created:,} sent or queued",

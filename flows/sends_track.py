@@ -12,7 +12,13 @@ from prefect.states import Completed, State
 
 from siyu.blocks.environment import BLOCK_NAME, load_environment
 from siyu.blocks.send_rules import SendRules
-from siyu.tasks.tracking import TrackSettings, manager_markdown, manager_summary, track_sends
+from siyu.tasks.tracking import (
+    Paused,
+    TrackSettings,
+    manager_markdown,
+    manager_summary,
+    track_sends,
+)
 
 ZONE = ZoneInfo("Asia/Shanghai")
 
@@ -32,6 +38,18 @@ def load_send_rules(name: str = BLOCK_NAME) -> SendRules:
         raise
 
 
+def paused_by_ops() -> Paused:
+    """The paths and groups ops paused, from the playbook blocks (their defaults pause nothing)."""
+    from siyu.blocks.group_cadence import CadenceTemplate
+    from siyu.flows.conversion_path import load_playbooks
+    from siyu.flows.group_cadence import load_block
+
+    paths = frozenset(f"path:{p.name}" for p in load_playbooks().paths if p.paused)
+    template = load_block(CadenceTemplate, BLOCK_NAME, CadenceTemplate)
+    groups = frozenset(o.chat_id for o in template.overrides if o.paused)
+    return Paused(programmes=paths, groups=groups)
+
+
 @flow(name="sends-track", persist_result=False, log_prints=False)
 def sends_track(as_of: dt.datetime | None = None, settings: TrackSettings | None = None) -> State:
     """Settle every created mass message, remind late employees, expire, and send deferred rows.
@@ -48,7 +66,9 @@ def sends_track(as_of: dt.datetime | None = None, settings: TrackSettings | None
     rules = load_send_rules()
     engine = env.database.get_engine()
     with env.wecom.get_client() as client:
-        report = track_sends(engine, client, rules=rules, as_of=now, settings=settings)
+        report = track_sends(
+            engine, client, rules=rules, as_of=now, settings=settings, paused=paused_by_ops()
+        )
     local = now.astimezone(rules.zone)
     summary = manager_summary(engine, month=f"{local.year:04d}-{local.month:02d}")
     create_markdown_artifact(
@@ -60,7 +80,8 @@ def sends_track(as_of: dt.datetime | None = None, settings: TrackSettings | None
     return Completed(
         message=(
             f"{report.messages} messages tracked, {settled} ledger rows settled, "
-            f"{report.reminders} reminders, {report.cancelled} cancelled"
+            f"{report.reminders} reminders, {report.cancelled} cancelled, "
+            f"{report.unconfirmed_alerts} unconfirmed for 24 h told to ops"
         ),
         data={"report": report.as_dict(), "managers": summary.to_dict(orient="records")},
     )

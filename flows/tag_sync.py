@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from prefect import flow
 from prefect.states import Completed, Failed, State
-from pydantic import BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field
 
 from siyu.blocks.environment import Environment, load_environment
 from siyu.blocks.tag_rules import TagRulesInvalid
@@ -17,7 +17,15 @@ from siyu.schemas.tag_rules import TagRuleSet
 from siyu.tasks.export_registry import ACCEPTED, SYNCED
 from siyu.tasks.outbox import DrainReport
 from siyu.tasks.quality import GateResult
-from siyu.tasks.reports import ALREADY_SYNCED, BLOCKED, DRY_RUN, SyncSummary, record_push
+from siyu.tasks.reports import (
+    ALREADY_SYNCED,
+    BLOCKED,
+    DRY_RUN,
+    SyncSummary,
+    dry_run_aware_name,
+    record_push,
+    tag_as_dry_run,
+)
 from siyu.tasks.tag_sync import (
     MARK_TAG_API,
     ExportNotFound,
@@ -57,17 +65,15 @@ def parse_business_date(value: Any) -> Any:
     return value
 
 
-# The form shows one date picker, left empty for today (a nullable type would show a
-# "date or null" switch first); a run started without it still means today.
-BusinessDate = Annotated[
-    date | None,
-    BeforeValidator(parse_business_date),
-    WithJsonSchema({"type": "string", "format": "date"}),
-]
+# Nullable, so the Run form submits as it opens: a "date | None" switch on None (today). A plain
+# date picker with a null default is refused by the form itself ("None is not of type 'string'"):
+# the browser test submits the form untouched but for dry_run.
+BusinessDate = Annotated[date | None, BeforeValidator(parse_business_date)]
 Share = Annotated[float, Field(ge=0, le=1)]
 
 
-@flow(name="tag-sync", persist_result=False, log_prints=False)
+# A dry run is named "... · dry run" and tagged dry-run: the Runs list tells it from a real one.
+@flow(name="tag-sync", flow_run_name=dry_run_aware_name, persist_result=False, log_prints=False)
 def tag_sync(
     export_file: str = "",
     dry_run: bool = False,
@@ -83,6 +89,8 @@ def tag_sync(
         business_date: The date the export must be of; empty means today in Asia/Shanghai.
         row_failure_threshold: Share of quarantined rows (0 to 1) above which the sync blocks.
     """
+    if dry_run:
+        tag_as_dry_run()
     env = load_environment()
     expected = business_date or datetime.now(ZoneInfo(env.export_source.timezone)).date()
     try:
@@ -137,12 +145,9 @@ def _gate_plan_push(
         # A push of this export was cut short: finish it before anything else.
         resumed = push_tags(env.wecom, env.database, record.batch, tally)
 
-    gate = gate_export(env.export_source, env.database, received, expected, row_failure_threshold)
-    summary.checks_total = len(gate.checks)
-    summary.checks_failed = sum(not c.passed for c in gate.checks)
-    summary.rows_read = len(gate.accepted) + len(gate.quarantined)
-    summary.rows_accepted = len(gate.accepted)
-    summary.rows_quarantined = len(gate.quarantined)
+    gate = gate_export(
+        env.export_source, env.database, received, expected, row_failure_threshold, summary
+    )
     if not gate.passed:
         summary.outcome = BLOCKED
         summary.message = blocked_message(received.path.name, gate)
@@ -153,9 +158,14 @@ def _gate_plan_push(
     plan = plan_tag_changes(
         env.wecom, env.database, env.export_source, rules, record, gate.accepted, summary
     )
+    if plan.refused is not None:
+        summary.outcome = BLOCKED
+        summary.message = refused_message(received.path.name, plan.refused, dry_run)
+        report_tag_sync(env.database, record, summary, finished=False)
+        return Failed(message=summary.message)
     if dry_run:
         summary.outcome = DRY_RUN
-        retiring = len(plan.catalog.retired)
+        retiring = len(plan.catalog.retired) if plan.catalog else 0
         summary.message = (
             f"dry run of {received.path.name}: {summary.pairs_changed:,} contact pairs would "
             f"change (+{summary.tags_added:,} / -{summary.tags_removed:,} tags)"
@@ -201,3 +211,12 @@ def blocked_message(file_name: str, gate: GateResult) -> str:
             "business_date set to the export's date"
         )
     return message
+
+
+def refused_message(file_name: str, reason: str, dry_run: bool) -> str:
+    """A collapsed binding in words: what happened, that nothing changed, what to check."""
+    return (
+        f"{'dry run of ' if dry_run else ''}{file_name}: {reason} - check the mobile salt of the "
+        "export-source block (every worker must use the same one) and the export's mobile "
+        "column, then rerun tag-sync; the export is not marked synced"
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from typing import Any
 
 from siyu.sandbox.backend import Backend, Shared
@@ -14,6 +16,7 @@ from siyu.sandbox.platform import (
     INVALID_MESSAGE_TYPE,
     INVALID_PARAMETER,
     INVALID_WEBHOOK_KEY,
+    OUT_OF_LIMIT,
     WeComError,
     check_content,
     new_id,
@@ -24,6 +27,11 @@ from siyu.schemas.settings import SANDBOX_AGENT_ID
 
 APP_MESSAGE_TYPES = {"text", "textcard", "news", "markdown"}
 ROBOT_MESSAGE_TYPES = {"text", "markdown", "markdown_v2", "news", "image", "file"}
+# The group robot's published limits: 20 messages a minute per robot; text content at most
+# 2048 bytes of UTF-8, markdown 4096. The errcode past the size is unconfirmed (40058 here).
+ROBOT_PER_MINUTE = 20
+ROBOT_WINDOW_SECONDS = 60.0
+ROBOT_CONTENT_BYTES = {"text": 2048, "markdown": 4096, "markdown_v2": 4096}
 
 
 class MessageBackend(Backend):
@@ -44,6 +52,9 @@ class MessageBackend(Backend):
         self.webhook_posts: list[dict[str, Any]] = []
         self.welcome_messages: list[dict[str, Any]] = []
         self.moments: dict[str, dict[str, Any]] = {}
+        # Accepted robot posts per key, on the machine's monotonic clock: the limit paces real
+        # throughput, whatever the sandbox's movable clock says.
+        self.robot_calls: dict[str, deque[float]] = {}
 
     def owns(self, kind: str) -> bool:
         return kind in self.kinds or kind in self.mass.kinds
@@ -123,11 +134,35 @@ class MessageBackend(Backend):
         content = spec.get(msgtype)
         if not isinstance(content, dict):
             raise WeComError(INVALID_PARAMETER, f"missing {msgtype} object")
-        if msgtype in ("text", "markdown", "markdown_v2") and not content.get("content"):
-            raise WeComError(INVALID_PARAMETER, "content is empty")
+        if msgtype in ROBOT_CONTENT_BYTES:
+            text = content.get("content")
+            if not text:
+                raise WeComError(INVALID_PARAMETER, "content is empty")
+            limit = ROBOT_CONTENT_BYTES[msgtype]
+            if len(str(text).encode()) > limit:
+                raise WeComError(INVALID_PARAMETER, f"content exceed max length {limit} bytes")
+        self._admit_robot(key)
         self._append(
-            "webhook_post", {"key": key, "msgtype": msgtype, "body": spec, "at": self.now()}
+            "webhook_post",
+            # real_at: the machine's time, for tests that count posts in a real minute.
+            {
+                "key": key,
+                "msgtype": msgtype,
+                "body": spec,
+                "at": self.now(),
+                "real_at": time.time(),
+            },
         )
+
+    def _admit_robot(self, key: str) -> None:
+        """Count a post against its robot's sliding minute, or refuse it with 45009."""
+        now = time.monotonic()
+        window = self.robot_calls.setdefault(key, deque())
+        while window and window[0] <= now - ROBOT_WINDOW_SECONDS:
+            window.popleft()
+        if len(window) >= ROBOT_PER_MINUTE:
+            raise WeComError(OUT_OF_LIMIT, "api freq out of limit")
+        window.append(now)
 
     # ---- welcome and Moments -----------------------------------------------------------
 

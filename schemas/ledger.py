@@ -44,7 +44,11 @@ DEFERRED_REASONS: frozenset[str] = frozenset({QUIET_HOURS, NON_WORKING_DAY, DAY_
 MONTH_CAP = "month_cap"
 ALREADY_PLANNED = "already_planned"  # the key is in the ledger already (never written twice)
 DUPLICATE = "duplicate"  # the same key twice in one batch: the better one is kept
-SKIPPED_REASONS: frozenset[str] = frozenset({MONTH_CAP, ALREADY_PLANNED, DUPLICATE})
+PATH_PAUSED = "path paused by ops"  # the path's `paused` switch (ConversionPaths block)
+GROUP_PAUSED = "group paused by ops"  # the group's override `paused` (CadenceTemplate block)
+SKIPPED_REASONS: frozenset[str] = frozenset(
+    {MONTH_CAP, ALREADY_PLANNED, DUPLICATE, PATH_PAUSED, GROUP_PAUSED}
+)
 
 # Why a row failed after it was planned.
 NOT_A_CONTACT = "not_a_contact"  # send result status 2

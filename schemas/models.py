@@ -208,3 +208,4 @@ def insert_or_update(dialect_name: str, model: type[Base]) -> postgresql.Insert 
 from siyu.schemas import cadence as _cadence  # noqa: E402, F401
 from siyu.schemas import conversion as _conversion  # noqa: E402, F401
 from siyu.schemas import ledger as _ledger  # noqa: E402, F401
+from siyu.schemas import ops as _ops  # noqa: E402, F401

@@ -60,7 +60,12 @@ def keep_files_private() -> None:
 
 
 class Settings(BaseModel):
-    """Where siyu keeps its state and how it reaches WeCom, when no block is configured."""
+    """Where siyu keeps its state and how it reaches WeCom, when no block is configured.
+
+    Embedded runs, `siyu up`, the tests and the benchmarks read it. A production run never does:
+    a worker starts each run in a fresh temporary directory, where `./.siyu` would be a new
+    home (and a new salt) every time, so production takes everything from the saved blocks.
+    """
 
     home: Path = Field(description="Data directory (SIYU_HOME): database, landing, reports")
     database_url: str = Field(description="SQLAlchemy URL of siyu's database (SIYU_DATABASE_URL)")

@@ -27,6 +27,7 @@ from siyu.blocks.wecom import WeComClient
 from siyu.schemas.cadence import ANNOUNCED, Activity, ActivityParticipation
 from siyu.schemas.ledger import EMPLOYEE_REMINDER, GROUP
 from siyu.schemas.models import insert_or_update
+from siyu.tasks.cadence import send_alerts
 from siyu.tasks.delivery import MessageContent, SendReport, send_batch
 from siyu.tasks.quality import mask_customer_id
 from siyu.tasks.rewards import grant_wins
@@ -220,7 +221,9 @@ def run_winners(
     """Choose the winners of activity `key` from its entries, grant their rewards, announce them.
 
     A rerun chooses the same winners (the rules are deterministic), grants nothing twice and
-    sends no second announcement (the ledger holds it).
+    sends no second announcement (the ledger holds it). The join hook is paid without an
+    announcement, and its daily activity is no game: it counts in no group's participation.
+    Alerts the grant queued (budgets) go to ops at the end.
     """
     with Session(engine) as session:
         activity = session.scalar(sa.select(Activity).where(Activity.key == key))
@@ -272,7 +275,7 @@ def run_winners(
              "players": int(players.get(chat, 0)), "correct": int(correct.get(chat, 0))}
             for chat in chats
         ]  # fmt: skip
-        if rows:
+        if rows and script.kind != "join_hook":
             insert = insert_or_update(engine.dialect.name, ActivityParticipation)
             session.execute(insert.on_conflict_do_nothing(), rows)
         report.already_announced = activity.status == ANNOUNCED
@@ -284,6 +287,9 @@ def run_winners(
                 winners=report.winners, announced_at=activity.announced_at or as_of,
             )
         )  # fmt: skip
+    send_alerts(engine)
+    if script.kind == "join_hook":
+        return report
     owners = _owners(client, chats)
     wanted, contents = announcement_sends(
         key, activity.cadence, activity.slot, activity.week, owners, report.winners_masked, as_of

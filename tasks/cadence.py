@@ -6,12 +6,19 @@ the sends go through the send layer in one batch: by default one reminder (an ap
 owner listing all their groups with each group's prepared content, a group mass template only
 where the slot asks for it (the planner holds it to 4 a group a month). Every send is a ledger
 row keyed (group, cadence, slot, week). A game slot also records its activity, whose winners
-run is due the script's window and announcement delay later.
+run is due the script's window and announcement delay later. A group ops paused gets its slot
+recorded skipped with the reason, and nothing else.
+
+Alerts to ops (dying groups, budgets) are Prefect events `siyu.*` that ops' automations post to
+the robot. Each is an outbox entry under its business key (e.g. one per group and week), written
+in the transaction that found it, so an alert goes once, also across a crash.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -34,13 +41,15 @@ from siyu.blocks.group_cadence import (
 from siyu.blocks.send_rules import SendRules
 from siyu.blocks.wecom import WeComClient
 from siyu.schemas.cadence import ASKED, Activity, ProductPlacement
-from siyu.schemas.ledger import GROUP, Send
-from siyu.schemas.models import insert_or_update
+from siyu.schemas.ledger import GROUP, GROUP_PAUSED, SKIPPED, Send
+from siyu.schemas.models import OutboxEntry, insert_or_update
 from siyu.tasks.delivery import MessageContent, SendReport, send_batch
+from siyu.tasks.outbox import DrainReport, OutcomeUnknown, PlannedCall, drain, enqueue
 
 CHINA = ZoneInfo("Asia/Shanghai")
 ROSTER_COLUMNS = ["chat_id", "owner", "name"]
 SendBatch = Callable[..., SendReport]
+PAUSED_BY_OPS = GROUP_PAUSED  # the ledger reason of a paused group's slot
 
 
 def programme_of(template: CadenceTemplate) -> str:
@@ -82,7 +91,11 @@ def occurrences(
 
 
 def load_roster(client: WeComClient, template: CadenceTemplate) -> pd.DataFrame:
-    """Groups on the template (chat_id, owner, name): one list call per owner, names if needed."""
+    """Groups on the template (chat_id, owner, name): one list call per owner, names if needed.
+
+    Owners and tags choose without a call per group (WeCom lists no group tags: they are the
+    template's `tagged_groups`); only a name pattern needs each group's name, one groupchat/get.
+    """
     owners = template.owners or client.get_follow_user_list()
     rows = [
         (ref.chat_id, owner, "")
@@ -90,21 +103,28 @@ def load_roster(client: WeComClient, template: CadenceTemplate) -> pd.DataFrame:
         for ref in client.iter_group_chats(owner_userids=[owner])
     ]
     roster = pd.DataFrame(rows, columns=ROSTER_COLUMNS).drop_duplicates("chat_id")
-    if template.name_patterns:
-        # Only a name pattern needs the groups' names, one groupchat/get each.
+    roster["tags"] = [template.tags_of(c) for c in roster["chat_id"]]
+    if template.group_tags:
+        wanted = set(template.group_tags)
+        roster = roster.loc[np.array([bool(t & wanted) for t in roster["tags"]], dtype=bool)]
+    if template.name_patterns and len(roster):
+        roster = roster.copy()
         roster["name"] = [client.get_group_chat(c, need_name=False).name for c in roster["chat_id"]]
-        keep = [
-            template.follows(o, n) for o, n in zip(roster["owner"], roster["name"], strict=True)
-        ]
-        roster = roster[keep]
-    return roster.reset_index(drop=True)
+    keep = np.array(
+        [
+            template.follows(o, n, t) if template.name_patterns else True
+            for o, n, t in zip(roster["owner"], roster["name"], roster["tags"], strict=True)
+        ],
+        dtype=bool,
+    )
+    return roster.loc[keep, ROSTER_COLUMNS].reset_index(drop=True)
 
 
 def served_groups(
     roster: pd.DataFrame, template: CadenceTemplate, slot: Slot, day: dt.date
 ) -> pd.DataFrame:
-    """The roster minus groups that skip this slot, with each group's slot time (`wanted_at`)."""
-    skip = {o.chat_id for o in template.overrides if slot.name in o.skip}
+    """The roster minus groups that skip this slot or are paused, with each one's `wanted_at`."""
+    skip = {o.chat_id for o in template.overrides if slot.name in o.skip} | template.paused()
     moved = {o.chat_id: o.times[slot.name] for o in template.overrides if slot.name in o.times}
     groups = roster[~roster["chat_id"].isin(skip)].copy()
     default = slot_time(slot, day)
@@ -276,9 +296,58 @@ class SlotReport:
     sends: dict[str, Any] = field(default_factory=dict)
     activity: str | None = None
     announce_at: str | None = None
+    paused: int = 0  # groups ops paused: their slot recorded skipped
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def record_paused(
+    engine: sa.Engine,
+    template: CadenceTemplate,
+    slot: Slot,
+    paused: pd.DataFrame,
+    *,
+    day: dt.date,
+    as_of: dt.datetime,
+) -> int:
+    """Ledger rows `skipped` (group paused by ops) for paused groups' slot; returns rows new.
+
+    Keyed like every send of the slot, so a rerun writes nothing twice and a slot already
+    planned for a group before its pause keeps its row.
+    """
+    if paused.empty:
+        return 0
+    when = slot_time(slot, day)
+    rows = [
+        {
+            "target_kind": GROUP, "target_id": chat, "programme": programme_of(template),
+            "step": slot.name, "period": iso_week(day), "sender": owner,
+            "channel": slot.delivery, "priority": 0, "status": SKIPPED, "reason": PAUSED_BY_OPS,
+            "playbook": programme_of(template), "playbook_version": template.version,
+            "planned_at": as_of, "settled_at": as_of, "send_day": when.date(),
+            "send_month": when.strftime("%Y-%m"),
+        }
+        for chat, owner in zip(paused["chat_id"], paused["owner"], strict=True)
+    ]  # fmt: skip
+    with Session(engine) as session, session.begin():
+        done = set(
+            session.scalars(
+                sa.select(Send.target_id).where(
+                    Send.target_kind == GROUP,
+                    Send.programme == programme_of(template),
+                    Send.step == slot.name,
+                    Send.period == iso_week(day),
+                    Send.target_id.in_([r["target_id"] for r in rows]),
+                )
+            )
+        )
+        fresh = [r for r in rows if r["target_id"] not in done]
+        if fresh:
+            session.execute(
+                insert_or_update(engine.dialect.name, Send).on_conflict_do_nothing(), fresh
+            )
+    return len(fresh)
 
 
 def activity_key(template: CadenceTemplate, slot: Slot, week: str) -> str:
@@ -310,6 +379,10 @@ def run_slot(
         roster = roster[roster["chat_id"].isin(chat_ids)]
     groups = served_groups(roster, template, slot, day)
     report.groups, report.owners = len(groups), int(groups["owner"].nunique())
+    paused = roster[roster["chat_id"].isin(template.paused())]
+    report.paused = len(paused)
+    if not dry_run:
+        record_paused(engine, template, slot, paused, day=day, as_of=as_of)
     promotions = {p.id: p for p in calendar.promotions}
     products = pd.Series(dtype=object)
     cadence = template.name
@@ -426,12 +499,155 @@ def slot_has_run(
     return set(chat_ids) <= sent
 
 
-def due_activities(engine: sa.Engine, until: dt.datetime) -> list[tuple[str, dt.datetime]]:
-    """Activities asked whose announcement time has passed by `until`, oldest first."""
+def due_activities(
+    engine: sa.Engine, until: dt.datetime, *, script: str | None = None
+) -> list[tuple[str, dt.datetime]]:
+    """Activities asked (of `script`, or any) whose announcement time has passed by `until`."""
     with Session(engine) as session:
-        rows = session.execute(
-            sa.select(Activity.key, Activity.announce_at)
-            .where(Activity.status == ASKED, Activity.announce_at <= until)
-            .order_by(Activity.announce_at)
+        query = sa.select(Activity.key, Activity.announce_at).where(
+            Activity.status == ASKED, Activity.announce_at <= until
         )
+        if script is not None:
+            query = query.where(Activity.script == script)
+        rows = session.execute(query.order_by(Activity.announce_at, Activity.key))
         return [(key, at) for key, at in rows.tuples()]
+
+
+def join_hook_key(template: CadenceTemplate, script: ActivityScript, day: dt.date) -> str:
+    """The join hook's activity of one local day, e.g. weekly:join-hook:2026-12-14."""
+    return f"{template.name}:{script.name}:{day.isoformat()}"
+
+
+def open_join_hooks(
+    engine: sa.Engine,
+    template: CadenceTemplate,
+    script: ActivityScript,
+    chat_ids: list[str],
+    *,
+    as_of: dt.datetime,
+    days_back: int = 7,
+) -> list[str]:
+    """Open the join hook of as-of's day and of the `days_back` days before; their keys.
+
+    A day's hook is asked at local midnight to every group and takes the day's plays (its entries
+    file); opening is idempotent, so a run after an outage opens the days it missed.
+    """
+    today = as_of.astimezone(CHINA).date()
+    keys = []
+    for back in range(days_back, -1, -1):
+        day = today - dt.timedelta(days=back)
+        key = join_hook_key(template, script, day)
+        asked = dt.datetime.combine(day, dt.time(), tzinfo=CHINA)
+        if chat_ids:
+            open_activity(engine, key, script, chat_ids, asked_at=asked, cadence=template.name,
+                          slot=script.name, week=iso_week(day))  # fmt: skip
+            keys.append(key)
+    return keys
+
+
+# -- alerts to ops: Prefect events, each sent once by its key through the outbox -----------------
+
+ALERT_KIND = "cadence/alert"  # the outbox kind (32 characters at most)
+ALERT_PLAN = ALERT_BATCH = "cadence-alerts"
+# Event ids derived from the alert's key: a resend after a crash carries the same id, which
+# Prefect's automations have seen already.
+_ALERT_NAMESPACE = uuid.UUID("6f1d2c3a-61e5-4c55-9a8e-2f0b1c7d9e41")
+
+
+@dataclass(frozen=True)
+class CadenceAlert:
+    """An alert for ops' robot: a `siyu.*` event with `subject` and `next_step` (one line each).
+
+    `key` is the alert's identity (e.g. budget-80:group:wr1:2026-W49): it is sent once. The
+    details are counts, weeks and masked ids only, never a customer's id, mobile or name.
+    """
+
+    key: str
+    event: str
+    resource: str  # the Prefect resource id, siyu.group-cadence.<...>
+    subject: str
+    next_step: str
+    details: dict[str, Any] = field(default_factory=dict)
+    link: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The event's payload: the details, and the one-line fields ops' robot posts."""
+        body: dict[str, Any] = {
+            **self.details,
+            "subject": " ".join(self.subject.split()),
+            "next_step": " ".join(self.next_step.split()),
+            "key": f"group-cadence:{self.key}"[:255],  # ops' queue keeps one alert per key
+        }
+        if self.link:
+            body["link"] = self.link
+        return body
+
+
+def queue_alerts(db: sa.Engine | Session, alerts: Iterable[CadenceAlert]) -> int:
+    """Store alerts in the outbox (in the caller's transaction with a Session); returns new ones."""
+    calls = [
+        PlannedCall(
+            kind=ALERT_KIND,
+            key=f"alert:{alert.key}",
+            target=alert.resource[:160],
+            payload={"event": alert.event, "resource": alert.resource, "body": alert.payload()},
+        )
+        for alert in alerts
+    ]
+    return enqueue(db, ALERT_BATCH, calls, plan=ALERT_PLAN) if calls else 0
+
+
+Emit = Callable[..., Any]
+
+
+def emit_ops_event(
+    *, event: str, resource: dict[str, str], payload: dict[str, Any], id: uuid.UUID
+) -> bool:
+    """Emit one event to Prefect and wait until it has left this process.
+
+    False when no Prefect API is configured (a plain script): Prefect would start an ephemeral
+    server no ops-alerts run reads, so the alert waits in the outbox for a run that has one.
+    """
+    from prefect.events import emit_event
+    from prefect.events.worker import EventsWorker
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return False
+    if emit_event(event=event, resource=resource, payload=payload, id=id) is None:
+        return False
+    EventsWorker.instance().wait_until_empty()
+    return True
+
+
+def send_alerts(
+    engine: sa.Engine, *, emit: Emit = emit_ops_event, in_flight_seconds: float = 0.0
+) -> DrainReport:
+    """Emit every queued alert not yet sent (and any an interrupted run left)."""
+
+    def send(entry: OutboxEntry) -> dict[str, Any]:
+        p = entry.payload
+        emitted = emit(
+            event=p["event"],
+            resource={"prefect.resource.id": p["resource"]},
+            payload=p["body"],
+            id=uuid.uuid5(_ALERT_NAMESPACE, entry.key),
+        )
+        if not emitted:
+            raise OutcomeUnknown("no Prefect API to emit to: the alert waits for the next run")
+        return {"emitted": True}
+
+    try:
+        return drain(
+            engine,
+            ALERT_BATCH,
+            send=send,
+            reconcile=lambda _entry: None,  # not found: emit again under the same event id
+            on_done=lambda _session, _entry: None,
+            in_flight_seconds=in_flight_seconds,
+        )
+    except OutcomeUnknown as exc:
+        # Nothing to emit to now: the alerts stay in the outbox and the next run sends them;
+        # the run that found them goes on.
+        logging.getLogger(__name__).warning("ops alerts not sent yet: %s", exc)
+        return DrainReport()

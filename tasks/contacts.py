@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
 import sqlalchemy as sa
@@ -16,8 +16,18 @@ from siyu.blocks.database import SiyuDatabase
 from siyu.blocks.export_source import ExportSource
 from siyu.blocks.wecom import WeComApp, WeComClient
 from siyu.schemas.export import MOBILE_PATTERN
-from siyu.schemas.models import Contact, ContactMobile, SyncedTag, UtcDateTime, insert_or_update
-from siyu.tasks.matching import hash_mobiles
+from siyu.schemas.models import (
+    Contact,
+    ContactMobile,
+    Export,
+    QuarantinedRow,
+    SyncedTag,
+    UtcDateTime,
+    insert_or_update,
+)
+from siyu.tasks.export import ExportRefused, load_export, resolve_export_path
+from siyu.tasks.export_registry import COMMITTED
+from siyu.tasks.matching import bind_contacts, hash_mobiles, match_mobiles
 from siyu.tasks.tag_push import reapply_tag_changes_since
 
 NO_RELATION = 84061  # WeCom's code for "the customer deleted the employee"
@@ -91,7 +101,20 @@ class ContactsStored:
     gone_pairs: int  # pairs we knew that WeCom no longer lists: now unreachable
 
 
+@dataclass
+class StoredPull:
+    """A stored pull's counts, and the pairs that are new to us or carry a new remark mobile."""
+
+    counts: ContactsStored
+    fresh_pairs: pd.DataFrame  # userid, external_userid: what a binding should look at
+
+
 def store_contacts(engine: sa.Engine, pull: ContactPull) -> ContactsStored:
+    """Make our view of contacts, their mobile hashes and their tags what WeCom says now."""
+    return store_pull(engine, pull).counts
+
+
+def store_pull(engine: sa.Engine, pull: ContactPull) -> StoredPull:
     """Make our view of contacts, their mobile hashes and their tags what WeCom says now.
 
     Contacts are upserted, never deleted: a pair WeCom no longer lists is kept, unreachable, with
@@ -114,7 +137,7 @@ def store_contacts(engine: sa.Engine, pull: ContactPull) -> ContactsStored:
         _upsert_listed(connection, dialect, listed, now)
         gone = [key for key in was_reachable if key not in listed_keys]
         _mark_gone(connection, gone, now)
-        _replace_rows(
+        new_mobiles = _replace_rows(
             connection,
             dialect,
             ContactMobile,
@@ -129,13 +152,21 @@ def store_contacts(engine: sa.Engine, pull: ContactPull) -> ContactsStored:
             keys=["userid", "external_userid", "tag_id"],
         )
         reapply_tag_changes_since(session, pull.started_at - CLOCK_SKEW)
-    return ContactsStored(
+    new_keys = listed_keys - set(was_reachable)
+    fresh = pd.concat(
+        [
+            pd.DataFrame(sorted(new_keys), columns=["userid", "external_userid"]),
+            new_mobiles[["userid", "external_userid"]],
+        ]
+    ).drop_duplicates()
+    counts = ContactsStored(
         employees=pull.employees,
         pairs=len(pull.follows),
         pairs_with_mobile=len(pull.mobiles[["userid", "external_userid"]].drop_duplicates()),
-        new_pairs=len(listed_keys - set(was_reachable)),
+        new_pairs=len(new_keys),
         gone_pairs=sum(1 for key in gone if was_reachable[key]),
     )
+    return StoredPull(counts=counts, fresh_pairs=fresh.reset_index(drop=True))
 
 
 def _upsert_listed(
@@ -197,8 +228,10 @@ def _mark_gone(connection: sa.Connection, gone: list[tuple[str, str]], now: date
 
 def _replace_rows(
     connection: sa.Connection, dialect: str, model, wanted: pd.DataFrame, *, keys: list[str]
-) -> None:
-    """Make `model`'s table hold exactly `wanted` (by `keys`), touching only the rows that differ."""
+) -> pd.DataFrame:
+    """Make `model`'s table hold exactly `wanted` (by `keys`), touching only the rows that differ.
+
+    Returns the rows it added."""
     table = model.__table__
     current = pd.DataFrame(
         connection.execute(sa.select(*(table.c[k] for k in keys))).all(), columns=keys
@@ -221,36 +254,168 @@ def _replace_rows(
         rows = fresh.to_dict("records")
         for start in range(0, len(rows), _CHUNK):
             connection.execute(insert, rows[start : start + _CHUNK])
+    return fresh
+
+
+# -- binding new contacts as soon as they are seen --------------------------------------------------
+
+
+@dataclass
+class NewBindings:
+    """What a contacts sync bound to customers for the first time.
+
+    `customers` (the ids of the customers just bound) stays in memory: it is never logged,
+    put in an artifact or handed to Prefect as a parameter.
+    """
+
+    candidates: int = 0  # unbound pairs, new or with a new remark mobile, that have a mobile
+    pairs: int = 0  # of them bound now to a customer of the newest accepted export
+    export_date: date | None = None  # the export they were bound against
+    problem: str | None = None  # why none could be bound (ops read it in the artifact)
+    customers: list[str] = field(default_factory=list, repr=False)
+
+
+def _newest_accepted(session: Session, day: date) -> Export | None:
+    return session.scalars(
+        sa.select(Export)
+        .where(Export.status.in_(COMMITTED), Export.export_date <= day)
+        .order_by(Export.export_date.desc(), Export.id.desc())
+        .limit(1)
+    ).first()
+
+
+def bind_new_contacts(
+    engine: sa.Engine,
+    source: ExportSource,
+    fresh_pairs: pd.DataFrame,
+    mobiles: pd.DataFrame,
+    day: date,
+) -> NewBindings:
+    """Bind the fresh pairs no customer owns yet, by remark mobile, to the newest accepted export.
+
+    The daily tag sync binds every pair against its export; this binds only what appeared since
+    the last contacts sync, so a customer who adds a manager is known (and can enter a path)
+    within the hour. The export is read only when such a pair exists. A pair already bound
+    keeps its customer (tag-sync alone moves a binding), so rebinding binds nobody again.
+    """
+    if fresh_pairs.empty or mobiles.empty:
+        return NewBindings()
+    with Session(engine) as session:
+        unbound = pd.DataFrame(
+            session.execute(
+                sa.select(Contact.userid, Contact.external_userid).where(
+                    Contact.customer_id.is_(None), Contact.reachable.is_(True)
+                )
+            ).all(),
+            columns=["userid", "external_userid"],
+        )
+        keys = ["userid", "external_userid"]
+        candidates = mobiles.merge(fresh_pairs[keys].drop_duplicates(), on=keys).merge(
+            unbound, on=keys
+        )
+        if candidates.empty:
+            return NewBindings()
+        found = NewBindings(candidates=len(candidates[keys].drop_duplicates()))
+        record = _newest_accepted(session, day)
+        if record is None:
+            found.problem = "no accepted export yet: the next tag-sync binds them"
+            return found
+        held = set(
+            session.scalars(
+                sa.select(QuarantinedRow.customer_id).where(QuarantinedRow.export_id == record.id)
+            )
+        )
+        file_name, checksum, export_date = record.file_name, record.checksum, record.export_date
+    found.export_date = export_date
+    try:
+        path = resolve_export_path(source.landing_path(), file_name)
+    except ExportRefused as error:
+        found.problem = f"{error} (the next tag-sync binds them)"
+        return found
+    loaded = load_export(path, source.layout, completeness="stable_size", timezone=source.timezone)
+    if loaded.checksum != checksum or "mobile" not in loaded.frame.columns:
+        found.problem = (
+            f"{file_name} changed after the gate accepted it - rerun tag-sync on it; "
+            "until then new contacts stay unbound"
+        )
+        return found
+    frame = loaded.frame
+    positions, hashes = match_mobiles(
+        frame["mobile"].tolist(), source.salt(), set(candidates["mobile_hash"])
+    )
+    matched = pd.DataFrame(
+        {"customer_id": frame["customer_id"].iloc[positions].to_numpy(), "mobile_hash": hashes}
+    )
+    del frame, loaded  # the mobiles leave memory with the file's frame
+    matched = matched[~matched["customer_id"].isin(held)].drop_duplicates()
+    binding = bind_contacts(matched, candidates)
+    if binding.pairs.empty:
+        return found
+    with Session(engine) as session, session.begin():
+        result = session.connection().execute(
+            sa.update(Contact)
+            .where(
+                Contact.userid == sa.bindparam("u"),
+                Contact.external_userid == sa.bindparam("x"),
+                # Guarded: a binding tag-sync wrote meanwhile stays.
+                Contact.customer_id.is_(None),
+            )
+            .values(customer_id=sa.bindparam("c")),
+            [
+                {"u": r.userid, "x": r.external_userid, "c": r.customer_id}
+                for r in binding.pairs.itertuples(index=False)
+            ],
+        )
+    found.pairs = max(result.rowcount, 0) if result.rowcount is not None else len(binding.pairs)
+    found.customers = sorted(set(binding.pairs["customer_id"]))
+    return found
 
 
 @task(name="pull and store contacts", persist_result=False, cache_policy=NO_CACHE)
 def pull_and_store_contacts(
-    wecom: WeComApp, database: SiyuDatabase, source: ExportSource
-) -> ContactsStored:
-    """Read all contacts from WeCom and make our stored view match, then report the counts."""
+    wecom: WeComApp, database: SiyuDatabase, source: ExportSource, day: date | None = None
+) -> tuple[ContactsStored, NewBindings]:
+    """Read all contacts from WeCom, make our stored view match, bind the new ones, report.
+
+    `day`: the sync's local day, whose newest accepted export new contacts are bound against
+    (empty: today in UTC).
+    """
     client = wecom.get_client()
     engine = database.get_engine()
+    salt = source.salt()
     try:
-        stored = store_contacts(engine, pull_contacts(client, source.salt()))
+        pull = pull_contacts(client, salt)
+        stored = store_pull(engine, pull)
+        bound = bind_new_contacts(
+            engine, source, stored.fresh_pairs, pull.mobiles, day or datetime.now(UTC).date()
+        )
     finally:
         client.close()
         engine.dispose()
+    counts = stored.counts
+    lines = [
+        "# Contacts sync",
+        "",
+        "| | count |",
+        "|---|---:|",
+        f"| employees with external contacts | {counts.employees:,} |",
+        f"| (employee, contact) pairs | {counts.pairs:,} |",
+        f"| pairs with a remark mobile (hashed) | {counts.pairs_with_mobile:,} |",
+        f"| new pairs since the last sync | {counts.new_pairs:,} |",
+        f"| pairs gone (customer deleted the employee) | {counts.gone_pairs:,} |",
+        f"| new unbound pairs with a remark mobile | {bound.candidates:,} |",
+        f"| of them bound to a customer now | {bound.pairs:,} |",
+    ]
+    if bound.export_date is not None:
+        lines += ["", f"New contacts were bound against the export of {bound.export_date}."]
+    if bound.problem:
+        lines += ["", f"**Not bound:** {bound.problem}"]
     create_markdown_artifact(
-        "\n".join(
-            [
-                "# Contacts sync",
-                "",
-                "| | count |",
-                "|---|---:|",
-                f"| employees with external contacts | {stored.employees:,} |",
-                f"| (employee, contact) pairs | {stored.pairs:,} |",
-                f"| pairs with a remark mobile (hashed) | {stored.pairs_with_mobile:,} |",
-                f"| new pairs since the last sync | {stored.new_pairs:,} |",
-                f"| pairs gone (customer deleted the employee) | {stored.gone_pairs:,} |",
-            ]
-        ),
+        "\n".join(lines),
         key="contacts-sync-report",
         description="WeCom contacts pulled and bound",
     )
-    get_run_logger().info("%s contact pairs stored", stored.pairs)
-    return stored
+    get_run_logger().info(
+        "%s contact pairs stored, %s new ones bound to a customer", counts.pairs, bound.pairs
+    )
+    return counts, bound

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from siyu.schemas.models import Export, QuarantinedRow, insert_or_update
+from siyu.schemas.settings import PRIVATE_FILE_MODE, make_private_dir
+from siyu.tasks.matching import BindingCount
 
 # received: registered, not gated yet; blocked: the gate refused it; passed: the gate let it
 # through (a dry run stops here); accepted: a real run planned its push (a rerun finishes that
@@ -180,3 +184,139 @@ def blocked_since_last_sync(engine: sa.Engine, before_id: int) -> list[str]:
                 .order_by(Export.id)
             )
         )
+
+
+def mark_refused(engine: sa.Engine, export_id: int, message: str) -> None:
+    """The gate let the export through, but siyu refused to sync it (its binding collapsed).
+
+    Stored as blocked, like a gate's refusal: the export is not synced, its next run is a new
+    attempt, and the sync after the fix tells ops the alert is resolved.
+    """
+    with Session(engine) as session, session.begin():
+        export = session.get(Export, export_id)
+        if export.status in COMMITTED:
+            return
+        export.status = BLOCKED
+        export.message = message[:4000]
+        export.finished_at = datetime.now(UTC)
+        export.live_checksum = None
+
+
+def last_synced_binding(engine: sa.Engine, before_id: int) -> BindingCount | None:
+    """The binding of the last synced export before this one, from its report; None if none.
+
+    An export synced before the report carried binding counts gives None (not compared).
+    """
+    with Session(engine) as session:
+        row = session.execute(
+            sa.select(Export.report, Export.export_date)
+            .where(Export.id < before_id, Export.status == SYNCED)
+            .order_by(Export.id.desc())
+            .limit(1)
+        ).first()
+    if row is None or not row.report or "pairs_managed" not in row.report:
+        return None
+    report = row.report
+    bound = int(report.get("pairs_managed", 0))
+    contacts = bound + int(report.get("pairs_unbound", 0)) + int(report.get("pairs_ambiguous", 0))
+    return BindingCount(
+        bound=bound,
+        contacts=contacts,
+        export_date=row.export_date.isoformat() if row.export_date else None,
+    )
+
+
+QUARANTINE_DIR = "quarantine"
+
+
+def quarantine_file_name(business_date: date, checksum: str) -> str:
+    """`<business_date>-<checksum8>.csv`: one file per export content and date."""
+    return f"{business_date.isoformat()}-{checksum[:8]}.csv"
+
+
+def write_quarantine_file(
+    quarantined: pd.DataFrame, reports_dir: Path, business_date: date, checksum: str
+) -> Path | None:
+    """Write the quarantined rows for the bank's data team: line, customer id, reasons; 0600.
+
+    Under `<reports_dir>/quarantine/` (0700), replaced atomically, so a reader never meets half
+    a file. The customer id is the bank's own; no mobile, no name, no other value of the row.
+    None when nothing was quarantined.
+    """
+    if quarantined.empty:
+        return None
+    folder = make_private_dir(Path(reports_dir) / QUARANTINE_DIR)
+    path = folder / quarantine_file_name(business_date, checksum)
+    rows = pd.DataFrame(
+        {
+            # The gate counts from 0; the file, like the database, counts data lines from 1.
+            "row_number": quarantined["row_number"].astype("int64") + 1,
+            "customer_id": quarantined["customer_id"].fillna("").astype(str),
+            "reasons": quarantined["reasons"].astype(str),
+        }
+    )
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE_MODE)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as out:
+            rows.to_csv(out, index=False)
+        os.chmod(partial, PRIVATE_FILE_MODE)  # an existing part file keeps its old mode
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# What the sync history reads of a synced export's report.
+HISTORY_KEYS = frozenset(
+    {"pairs_managed", "pairs_unbound", "pairs_ambiguous", "pairs_changed", "tag_counts"}
+)
+
+
+@dataclass(frozen=True)
+class HistoryRecord:
+    """One export in the sync history: what was decided, and the sync's counts if it synced."""
+
+    export_id: int
+    export_date: date
+    file_name: str
+    status: str
+    checks_total: int
+    checks_failed: int
+    report: dict[str, Any]
+
+
+def sync_history(engine: sa.Engine, since: date, until: date) -> list[HistoryRecord]:
+    """Exports gated for business dates in [since, until], newest first (one row per attempt)."""
+    with Session(engine) as session:
+        rows = session.execute(
+            sa.select(
+                Export.id,
+                Export.export_date,
+                Export.file_name,
+                Export.status,
+                Export.checks_total,
+                Export.checks_failed,
+                Export.report,
+            )
+            .where(
+                Export.export_date >= since,
+                Export.export_date <= until,
+                Export.status != RECEIVED,
+            )
+            .order_by(Export.export_date.desc(), Export.id.desc())
+        ).all()
+    return [
+        HistoryRecord(
+            export_id=r.id,
+            export_date=r.export_date,
+            file_name=r.file_name,
+            status=r.status,
+            checks_total=r.checks_total or 0,
+            checks_failed=r.checks_failed or 0,
+            # The gate's value profile rides in the report too; the history needs only counts.
+            report={k: v for k, v in (r.report or {}).items() if k in HISTORY_KEYS},
+        )
+        for r in rows
+    ]

@@ -3,7 +3,8 @@
 A group is dying when its participation (players / members of its activities) stays under the
 threshold for the given number of weeks running, or it loses more than the given share of its
 members in a week; the thresholds are data on the cadence template. Leaves are what the member
-list lost: last week's members plus this week's joins minus today's.
+list lost: last week's members plus this week's joins minus today's. The day's dying groups are
+alerted to ops once (`siyu.groups.dying`: masked ids, names and owners of the groups, no members).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from siyu.blocks.wecom import WeComClient
 from siyu.blocks.wecom.groups import STATISTIC_MAX_OWNERS
 from siyu.schemas.cadence import ActivityParticipation, GroupHealth
 from siyu.schemas.models import insert_or_update
+from siyu.tasks.cadence import CadenceAlert, queue_alerts, send_alerts
+from siyu.tasks.rewards import mask_chat_id
 
 CHINA = ZoneInfo("Asia/Shanghai")
 LOW_PARTICIPATION, HEAVY_LOSS = "low_participation", "heavy_loss"
@@ -31,16 +34,18 @@ HEALTH_COLUMNS = [
 
 
 def group_snapshot(client: WeComClient, chat_ids: Iterable[str]) -> pd.DataFrame:
-    """(chat_id, owner, member, join_time) of every customer in each group now."""
+    """(chat_id, owner, name, member, join_time) of every customer in each group now."""
     rows = []
     for chat in chat_ids:
         group = client.get_group_chat(chat, need_name=False)
         rows.extend(
-            (chat, group.owner, m.userid, m.join_time) for m in group.member_list if m.type == 2
+            (chat, group.owner, group.name, m.userid, m.join_time)
+            for m in group.member_list
+            if m.type == 2
         )
         if not any(m.type == 2 for m in group.member_list):
-            rows.append((chat, group.owner, None, None))
-    return pd.DataFrame(rows, columns=["chat_id", "owner", "member", "join_time"])
+            rows.append((chat, group.owner, group.name, None, None))
+    return pd.DataFrame(rows, columns=["chat_id", "owner", "name", "member", "join_time"])
 
 
 def weekly_participation(participation: pd.DataFrame, day: dt.date, weeks: int) -> pd.DataFrame:
@@ -136,7 +141,10 @@ def check_health(
     day: dt.date,
     thresholds: HealthThresholds,
 ) -> pd.DataFrame:
-    """Assess every group for `day` and store it (a rerun of the day keeps the first answer)."""
+    """Assess every group for `day`, store it and alert ops of the dying ones.
+
+    A rerun of the day keeps the first answer and alerts nothing more.
+    """
     snapshot = group_snapshot(client, chat_ids)
     with Session(engine) as session:
         previous = _previous_members(session, day)
@@ -147,8 +155,43 @@ def check_health(
          "dying": bool(row["dying"])}
         for row in health.to_dict(orient="records")
     ]  # fmt: skip
+    names = snapshot.drop_duplicates("chat_id").set_index("chat_id")["name"]
+    alert = dying_alert(health, names, day)
     if records:
         with Session(engine) as session, session.begin():
             insert = insert_or_update(engine.dialect.name, GroupHealth).on_conflict_do_nothing()
             session.execute(insert, records)
+            if alert is not None:
+                queue_alerts(session, [alert])
+    send_alerts(engine)
     return health
+
+
+def dying_alert(health: pd.DataFrame, names: pd.Series, day: dt.date) -> CadenceAlert | None:
+    """The day's one alert listing the dying groups (masked id, name, owner, why); None if none."""
+    dying = health[health["dying"]]
+    if dying.empty:
+        return None
+    reasons = dying["reason"].value_counts()
+    listed = [
+        {"group": mask_chat_id(chat), "name": str(names.get(chat, "") or ""), "owner": owner,
+         "reason": reason, "members": int(members)}
+        for chat, owner, reason, members in zip(
+            dying["chat_id"], dying["owner"], dying["reason"], dying["members"], strict=True
+        )
+    ][:50]  # fmt: skip
+    why = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in reasons.items())
+    return CadenceAlert(
+        key=f"dying:{day.isoformat()}",
+        event="siyu.groups.dying",
+        resource=f"siyu.group-cadence.health.{day.isoformat()}",
+        subject=f"{len(dying)} of {len(health)} customer groups are dying on {day}: {why}",
+        next_step=(
+            "give each a fresh activity or its owner's personal post this week, and ask the owner "
+            "why members stopped playing or left (group-health artifact has the list)"
+        ),
+        details={
+            "day": day.isoformat(), "dying": len(dying), "groups": len(health),
+            "by_reason": {str(r): int(n) for r, n in reasons.items()}, "dying_groups": listed,
+        },
+    )  # fmt: skip

@@ -50,14 +50,26 @@ from siyu.schemas.conversion import (
     Enrollment,
     TouchRun,
 )
-from siyu.schemas.ledger import CUSTOMER, DELIVERED, Send
+from siyu.schemas.ledger import (
+    CUSTOMER,
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    PATH_PAUSED,
+    SKIPPED,
+    Send,
+)
 from siyu.schemas.models import Contact
+from siyu.tasks.ledger import Reserved, ledger_counts, reserve
+from siyu.tasks.quota import PlanResult, plan_sends
 from siyu.tasks.working_days import is_working_day
 
 # The export fields kept at entry: what "turns true" and "rises by" compare against.
 BASELINE_FIELDS: tuple[str, ...] = ("aum", "aum_peak", *sorted(FLAG_FIELDS))
 HOLDOUT_BUCKETS = 10_000
 _CHUNK = 5_000
+# The reason every send of a paused path's touch run is skipped with: "path paused by ops".
+PAUSED_BY_OPS = PATH_PAUSED
 
 
 # -- entry ------------------------------------------------------------------------------------------
@@ -217,30 +229,41 @@ def split_eligible(
 ) -> Eligibility:
     """Drop members who converted, became unreachable (84061, deleted the manager) or left.
 
-    `members`: enrollment_id, customer_id, userid, external_userid, holdout, status;
-    `contacts`: userid, external_userid, reachable, left_at; `in_export`: customer ids in the
-    newest accepted export (a customer missing from it left the bank).
+    `members`: enrollment_id, customer_id, userid, external_userid, holdout, status (and
+    exit_reason, when known); `contacts`: userid, external_userid, reachable, left_at;
+    `in_export`: customer ids in the newest accepted export (a customer missing from it left
+    the bank). The counts are of the whole cohort so far: a member the daily enrolment already
+    dropped as unreachable or gone counts there, not as closed.
     """
     frame = members.merge(
         contacts[["userid", "external_userid", "reachable", "left_at"]],
         on=["userid", "external_userid"],
         how="left",
     )
+    reason = (
+        frame["exit_reason"].astype(object)
+        if "exit_reason" in frame.columns
+        else pd.Series(None, index=frame.index, dtype=object)
+    )
     converted = (frame["status"] == CONVERTED).to_numpy()
-    closed = frame["status"].isin([DROPPED, EXPIRED]).to_numpy() & ~converted
+    exited = frame["status"].isin([DROPPED, EXPIRED]).to_numpy() & ~converted
+    dropped_as = (frame["status"] == DROPPED).to_numpy()
+    was_unreachable = exited & dropped_as & (reason == UNREACHABLE).to_numpy()
+    was_left = exited & dropped_as & (reason == LEFT).to_numpy()
+    closed = exited & ~was_unreachable & ~was_left
     unreachable = (
         (~frame["reachable"].fillna(False).astype(bool) | frame["left_at"].notna()).to_numpy()
         & ~converted
-        & ~closed
+        & ~exited
     )
-    left = ~frame["customer_id"].isin(in_export).to_numpy() & ~(converted | closed | unreachable)
+    left = ~frame["customer_id"].isin(in_export).to_numpy() & ~(converted | exited | unreachable)
     holdout = frame["holdout"].astype(bool).to_numpy()
-    out = converted | closed | unreachable | left
+    out = converted | exited | unreachable | left
     dropped = {
         CONVERTED: int(converted.sum()),
         "closed": int(closed.sum()),
-        UNREACHABLE: int(unreachable.sum()),
-        LEFT: int(left.sum()),
+        UNREACHABLE: int((unreachable | was_unreachable).sum()),
+        LEFT: int((left | was_left).sum()),
     }
     frame["drop_reason"] = np.select([unreachable, left], [UNREACHABLE, LEFT], default="")
     eligible = frame.loc[~out & ~holdout].reset_index(drop=True)
@@ -418,6 +441,193 @@ def attribute(conversions: pd.DataFrame, delivered: pd.DataFrame) -> pd.Series:
     return last.reindex(keyed["row"]).astype("Int64").set_axis(conversions.index)
 
 
+# -- the touch funnel: what each touch of a cohort did, and the conversions it earned ---------------
+
+FUNNEL_COLUMNS = [
+    "touch",
+    "eligible",
+    "dropped converted",
+    "dropped unreachable",
+    "dropped left",
+    "holdout",
+    "planned",
+    "deferred",
+    "skipped",
+    "created",
+    "confirmed",
+    "delivered",
+    "failed",
+    "conversions",
+]
+
+
+def _by_reason(rows: pd.DataFrame, status: str) -> str:
+    """ "3 (month_cap 2, day_cap 1)": a status's count with its reasons, as ops read it."""
+    picked = rows[rows["status"] == status]
+    if picked.empty:
+        return "0"
+    reasons = picked["reason"].fillna("no reason").value_counts().sort_index()
+    return f"{len(picked):,} (" + ", ".join(f"{r} {n:,}" for r, n in reasons.items()) + ")"
+
+
+def touch_funnel(
+    reports: dict[int, dict[str, Any]], sends: pd.DataFrame, attributed: pd.Series
+) -> pd.DataFrame:
+    """Per touch of one cohort: who was in, what the ledger did with them, what it converted.
+
+    `reports`: each run touch's stored report (eligible, dropped, holdout, plan); `sends`: the
+    cohort's ledger rows (step, status, reason, created_at, confirmed_at) as they are now;
+    `attributed`: each conversion's attributed touch (NA: converted with no touch delivered).
+    Created, confirmed and delivered count every row that reached that stage (a delivered row
+    was created and confirmed); deferred, skipped and failed are the rows there now, by reason.
+    The last row holds the conversions no touch earned (the holdout's, mostly).
+    """
+    numbers = touch_number(sends["step"]) if len(sends) else pd.Series(dtype="float64")
+    touches = pd.to_numeric(attributed, errors="coerce")
+    rows = []
+    for touch in range(1, 5):
+        report = reports.get(touch)
+        mine = sends[(numbers == touch).to_numpy()] if len(sends) else sends
+        delivered = mine["status"] == DELIVERED
+        dropped = report.get("dropped", {}) if report else {}
+        rows.append(
+            {
+                "touch": str(touch),
+                "eligible": report.get("eligible") if report else None,
+                "dropped converted": dropped.get(CONVERTED) if report else None,
+                "dropped unreachable": dropped.get(UNREACHABLE) if report else None,
+                "dropped left": dropped.get(LEFT) if report else None,
+                "holdout": report.get("holdout") if report else None,
+                "planned": report.get("plan", {}).get("fits", 0) if report else None,
+                "deferred": _by_reason(mine, DEFERRED),
+                "skipped": _by_reason(mine, SKIPPED),
+                "created": int((mine["created_at"].notna() | delivered).sum()),
+                "confirmed": int((mine["confirmed_at"].notna() | delivered).sum()),
+                "delivered": int(delivered.sum()),
+                "failed": _by_reason(mine, FAILED),
+                "conversions": int((touches == touch).sum()),
+            }
+        )
+    untouched = {c: None for c in FUNNEL_COLUMNS}
+    untouched.update(touch="no touch delivered", conversions=int(touches.isna().sum()))
+    rows.append(untouched)
+    # Object columns: counts stay integers beside the "not run yet" blanks.
+    return pd.DataFrame(rows, columns=FUNNEL_COLUMNS, dtype=object)
+
+
+def funnel_markdown(funnel: pd.DataFrame) -> str:
+    """The funnel as a markdown table; "–" where a touch has not run yet."""
+
+    def cell(value: Any) -> str:
+        if value is None or (not isinstance(value, str) and pd.isna(value)):
+            return "–"
+        return f"{value:,}" if isinstance(value, int | np.integer) else str(value)
+
+    lines = [
+        "| " + " | ".join(FUNNEL_COLUMNS) + " |",
+        "|---|" + "---:|" * (len(FUNNEL_COLUMNS) - 1),
+    ]
+    for row in funnel.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def read_funnel(session: Session, cohort_id: int, programme: str) -> pd.DataFrame:
+    """The touch funnel of one cohort, from its touch runs, its ledger rows and conversions."""
+    cohort = session.get(Cohort, cohort_id)
+    if cohort is None:
+        raise LookupError(f"no cohort {cohort_id}: list the cohorts with `siyu path due`")
+    reports = {
+        r.touch: r.report or {}
+        for r in session.scalars(
+            sa.select(TouchRun).where(TouchRun.cohort_id == cohort_id, TouchRun.status == DONE)
+        )
+    }
+    sends = pd.DataFrame(
+        session.execute(
+            sa.select(
+                Send.step, Send.status, Send.reason, Send.created_at, Send.confirmed_at
+            ).where(
+                Send.target_kind == CUSTOMER,
+                Send.programme == programme,
+                Send.period == cohort.cohort_day.isoformat(),
+            )
+        ).all(),
+        columns=["step", "status", "reason", "created_at", "confirmed_at"],
+    )
+    attributed = pd.Series(
+        list(
+            session.scalars(
+                sa.select(Conversion.attributed_touch).where(Conversion.cohort_id == cohort_id)
+            )
+        ),
+        dtype="Float64",
+    )
+    return touch_funnel(reports, sends, attributed)
+
+
+def running_cohorts(session: Session, since: dt.date) -> list[int]:
+    """Cohorts with a member still in their path, or one who left it on or after `since`."""
+    rows = session.scalars(
+        sa.select(Enrollment.cohort_id)
+        .where(sa.or_(Enrollment.status == ACTIVE, Enrollment.exited_on >= since))
+        .distinct()
+        .order_by(Enrollment.cohort_id)
+    )
+    return list(rows)
+
+
+# -- a paused path: every wanted send recorded skipped ----------------------------------------------
+
+
+def paused_plan(plan: PlanResult) -> PlanResult:
+    """The planner's answer with everything that would go (now or later) skipped, paused by ops.
+
+    What the planner skipped already (its key is in the ledger, a duplicate, the month is full)
+    keeps its own reason; a deferred row of an earlier run is settled skipped too.
+    """
+    moved = [f for f in (plan.fits, plan.deferred) if len(f)]
+    if not moved:
+        return plan
+    paused = pd.concat(moved).copy()
+    paused["status"] = SKIPPED
+    paused["reason"] = PAUSED_BY_OPS
+    paused["not_before"] = pd.Series(pd.NaT, index=paused.index, dtype="datetime64[us, UTC]")
+    paused["send_day"] = None
+    paused["send_month"] = None
+    skipped = pd.concat([f for f in (plan.skipped, paused) if len(f)])
+    return PlanResult(
+        fits=plan.fits.iloc[0:0],
+        deferred=plan.deferred.iloc[0:0],
+        skipped=skipped,
+        as_of=plan.as_of,
+        calendar_warnings=list(plan.calendar_warnings),
+    )
+
+
+def skip_paused_sends(
+    session: Session,
+    wanted: pd.DataFrame,
+    rules: SendRules,
+    as_of: dt.datetime,
+    *,
+    playbook: str,
+    version: str,
+    export_checksum: str | None,
+) -> tuple[dict[str, int], Reserved]:
+    """Record a paused path's wanted sends as skipped in the ledger (caller's transaction).
+
+    Each send still gets its ledger row (a final status and a reason, never silence), and no
+    outbox entry: nothing reaches WeCom. Returns the plan's summary and what was written.
+    """
+    counts = ledger_counts(session, wanted, as_of=as_of, rules=rules)
+    plan = paused_plan(plan_sends(wanted, rules, as_of, counts))
+    written = reserve(
+        session, plan, playbook=playbook, version=version, export_checksum=export_checksum
+    )
+    return plan.summary(), written
+
+
 # -- uplift -----------------------------------------------------------------------------------------
 
 
@@ -519,6 +729,12 @@ def active_customer_ids(session: Session) -> pd.Series:
     return pd.Series(list(rows), dtype=object)
 
 
+def ever_enrolled_customer_ids(session: Session) -> pd.Series:
+    """Customers who were ever in a path, active or not: a new contact's enrolment skips them."""
+    rows = session.scalars(sa.select(Enrollment.customer_id).distinct())
+    return pd.Series(list(rows), dtype=object)
+
+
 def store_cohorts(
     session: Session,
     entrants: pd.DataFrame,
@@ -593,6 +809,7 @@ def read_members(
         table.c.external_userid,
         table.c.holdout,
         table.c.status,
+        table.c.exit_reason,
         table.c.entered_on,
         *(table.c[c] for c in base),
         Cohort.path,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from siyu.tasks.export_registry import HistoryRecord
 
 # WeCom codes a per-row failure can carry, in words ops understand.
 ROW_ERRORS: dict[int, str] = {
@@ -57,6 +61,8 @@ class SyncSummary:
     tag_counts: list[tuple[str, str, int, int]] = field(
         default_factory=list
     )  # group, tag, before, after
+    # The quarantined rows for the bank's data team, relative to the reports directory.
+    quarantine_file: str = ""
     message: str = ""
 
     def as_dict(self) -> dict[str, Any]:
@@ -106,9 +112,17 @@ def record_push(
 
 
 def gate_markdown(
-    title: str, checks: Sequence[Any], passed: bool, message: str, data_docs: str | None
+    title: str,
+    checks: Sequence[Any],
+    passed: bool,
+    message: str,
+    data_docs: str | None,
+    quarantine_file: str | None = None,
 ) -> str:
-    """The gate's verdict: every check, pass or fail, with counts and masked sample ids."""
+    """The gate's verdict: every check, pass or fail, with counts and masked sample ids.
+
+    The quarantine file is named by its path only: its rows carry customer ids.
+    """
     lines = [
         f"# {title}",
         "",
@@ -125,7 +139,15 @@ def gate_markdown(
         )
     if data_docs:
         lines += ["", f"Data Docs for this run: `{data_docs}`"]
+    if quarantine_file:
+        lines += ["", QUARANTINE_NOTE.format(path=quarantine_file)]
     return "\n".join(lines)
+
+
+QUARANTINE_NOTE = (
+    "Quarantined rows for the bank's data team (line, customer id, reasons): "
+    "`{path}` in the reports directory"
+)
 
 
 def sync_markdown(s: SyncSummary) -> str:
@@ -153,7 +175,9 @@ def sync_markdown(s: SyncSummary) -> str:
             f"| rows read / accepted / quarantined | {s.rows_read:,} / {s.rows_accepted:,} / "
             f"{s.rows_quarantined:,} |"
         )
-    if outcome == BLOCKED:
+    if outcome == BLOCKED and not s.pairs_managed + s.pairs_unbound + s.pairs_ambiguous:
+        if s.quarantine_file:
+            rows += ["", QUARANTINE_NOTE.format(path=s.quarantine_file)]
         return "\n".join(lines + rows)
     rows += [
         f"| contact pairs managed (bound to a customer in this export) | {s.pairs_managed:,} |",
@@ -170,6 +194,8 @@ def sync_markdown(s: SyncSummary) -> str:
             f"| retired tags deleted from WeCom | {len(s.tags_retired):,} |",
         ]
     lines += rows
+    if s.quarantine_file:
+        lines += ["", QUARANTINE_NOTE.format(path=s.quarantine_file)]
     if s.row_errors:
         lines += ["", "## Rows WeCom refused", "", "| code | meaning | rows |", "|---:|---|---:|"]
         for code, n in sorted(s.row_errors.items()):
@@ -188,3 +214,106 @@ def sync_markdown(s: SyncSummary) -> str:
         for group, tag, before, after in s.tag_counts:
             lines.append(f"| {group} | {tag} | {before:,} | {after:,} | {after - before:+,} |")
     return "\n".join(lines)
+
+
+# -- the sync history: one table ops read over weeks ------------------------------------------
+
+HISTORY_KEY = "tag-sync-history"
+# Days of history the table shows, up to the sync's business date.
+HISTORY_DAYS = 28
+
+VERDICTS = {
+    "synced": "synced",
+    "passed": "gated, not synced (a dry run, or refused before its push)",
+    "accepted": "push not finished (the next run finishes it)",
+}
+
+
+def _verdict(record: HistoryRecord) -> str:
+    if record.status == "blocked":
+        if record.checks_failed:
+            return f"blocked: {record.checks_failed} of {record.checks_total} checks failed"
+        return "blocked: contacts bound collapsed"
+    return VERDICTS.get(record.status, record.status)
+
+
+def history_table(records: Sequence[HistoryRecord]) -> list[dict[str, Any]]:
+    """One row per export, newest first: day, file, verdict, pairs changed, contacts bound, and
+    contacts per tier (the first managed tag group) with the change against the synced export
+    a week earlier."""
+    synced = [r for r in records if r.status == "synced" and r.report.get("tag_counts")]
+    tier_group = synced[0].report["tag_counts"][0][0] if synced else None
+    tiers = [t[1] for t in synced[0].report["tag_counts"] if t[0] == tier_group] if synced else []
+    by_day: dict[date, Mapping[str, int]] = {}
+    for r in synced:  # newest record of a day first: it is that day's state
+        by_day.setdefault(r.export_date, _tier_counts(r, tier_group))
+    table = []
+    for r in records:
+        row: dict[str, Any] = {
+            "day": r.export_date.isoformat(),
+            "file": r.file_name,
+            "verdict": _verdict(r),
+            "pairs changed": "",
+            "contacts bound": "",
+        }
+        if r.status == "synced":
+            bound = int(r.report.get("pairs_managed", 0))
+            contacts = bound + int(r.report.get("pairs_unbound", 0))
+            contacts += int(r.report.get("pairs_ambiguous", 0))
+            row["pairs changed"] = f"{int(r.report.get('pairs_changed', 0)):,}"
+            row["contacts bound"] = f"{bound:,} of {contacts:,}"
+        counts = _tier_counts(r, tier_group) if r.status == "synced" else {}
+        week_before = by_day.get(r.export_date - timedelta(days=7))
+        for tier in tiers:
+            cell = ""
+            if tier in counts:
+                cell = f"{counts[tier]:,}"
+                if week_before is not None and tier in week_before:
+                    cell += f" ({counts[tier] - week_before[tier]:+,} w/w)"
+            row[tier] = cell
+        table.append(row)
+    return table
+
+
+def _tier_counts(record: HistoryRecord, group: str | None) -> dict[str, int]:
+    """Contacts per tag of `group` after the record's sync."""
+    return {t[1]: int(t[3]) for t in record.report.get("tag_counts", []) if t[0] == group}
+
+
+# -- dry runs told apart in the Runs list -----------------------------------------------------
+
+DRY_RUN_TAG = "dry-run"
+DRY_RUN_SUFFIX = " · dry run"
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "1", "yes")
+
+
+def dry_run_aware_name() -> str:
+    """A flow run's name, with " · dry run" when its `dry_run` parameter is set.
+
+    Given to `@flow(flow_run_name=...)`: Prefect calls it as the run starts, inside the run. The
+    name the run already has is kept (one ops typed in the Run form too), and a name that says
+    "dry run" already is not said twice.
+    """
+    from prefect.runtime import flow_run
+
+    name = flow_run.get_name() or flow_run.get_flow_name() or "run"
+    if _is_true(flow_run.get_parameters().get("dry_run")) and "dry run" not in name.lower():
+        name += DRY_RUN_SUFFIX
+    return name
+
+
+def tag_as_dry_run() -> None:
+    """Add the `dry-run` tag to the current flow run, so the Runs list can filter on it."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    tags = list(dict.fromkeys([*(ctx.flow_run.tags or []), DRY_RUN_TAG]))
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(ctx.flow_run.id, tags=tags)
+    ctx.flow_run.tags = tags

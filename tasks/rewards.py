@@ -4,8 +4,11 @@ A win is one row per (activity, round, member). Its bill number is derived from 
 and stored when the win is granted, before any attempt, so every retry, rerun or reconcile uses
 the same number and WeChat Pay pays it once. Budgets (per group a week, per programme a month)
 are checked when wins are granted: a win over budget is recorded unpaid with the budget that
-stopped it. A granted win is paid on its pay day (N working days after the win where the script
-says so) through the outbox, one entry per payout, committed call by call.
+stopped it, and ops are alerted (`siyu.rewards.over-budget`, once per activity); a group's week
+or the programme's month passing the alert share (80 %) alerts once too
+(`siyu.rewards.budget-80`). The alerts join the grant's transaction (tasks/cadence.py). A granted
+win is paid on its pay day (N working days after the member played, where the script says so)
+through the outbox, one entry per payout, committed call by call.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from siyu.schemas.cadence import (
     RewardWin,
 )
 from siyu.schemas.models import OutboxEntry, insert_or_update
-from siyu.tasks.cadence import iso_week
+from siyu.tasks.cadence import CadenceAlert, iso_week, queue_alerts
 from siyu.tasks.outbox import (
     PENDING,
     SENDING,
@@ -71,6 +74,8 @@ class GrantReport:
     over_budget: dict[str, int] = field(default_factory=dict)
     already: int = 0  # wins a rerun found in the ledger already
     granted_fen: int = 0
+    once_only: int = 0  # winners of a once-per-member script who won it before
+    alerts: int = 0  # alerts to ops queued (over budget, budget passed 80 %)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +162,10 @@ def grant_wins(
         )
     report.already = int(wins["billno"].isin(known).sum())
     wins = wins[~wins["billno"].isin(known)].reset_index(drop=True)
+    if script.once_per_member and not wins.empty:
+        before = _won_before(session, script.name, wins["member"].tolist())
+        report.once_only = int(wins["member"].isin(before).sum())
+        wins = wins[~wins["member"].isin(before)].reset_index(drop=True)
     if wins.empty:
         return report
     wins["amount_fen"] = script.reward_fen
@@ -168,7 +177,7 @@ def grant_wins(
         group_week_budget=library.group_week_budget_fen,
         month_budget=library.programme_month_budget_fen,
     )
-    pay_due = add_working_days(day, script.pay_after_working_days, rules)
+    pay_due = _pay_days(wins, day, script, rules)
     records = [
         {
             "activity_key": activity_key,
@@ -183,9 +192,11 @@ def grant_wins(
             "week": week,
             "month": month,
             "won_at": won_at,
-            "pay_due": pay_due,
+            "pay_due": due,
         }
-        for row, why in zip(wins.itertuples(index=False), reason.tolist(), strict=True)
+        for row, why, due in zip(
+            wins.itertuples(index=False), reason.tolist(), pay_due, strict=True
+        )
     ]
     insert = insert_or_update(session.connection().dialect.name, RewardWin).on_conflict_do_nothing()
     for start in range(0, len(records), _CHUNK):
@@ -194,7 +205,151 @@ def grant_wins(
     report.over_budget = dict(sorted(over.items()))
     report.granted = len(records) - sum(over.values())
     report.granted_fen = sum(r["amount_fen"] for r in records if r["reason"] is None)
+    alerts = budget_alerts(
+        session, library, records, activity_key=activity_key, week=week, month=month
+    )
+    report.alerts = queue_alerts(session, alerts)
     return report
+
+
+def _won_before(session: Session, script: str, members: list[str]) -> set[str]:
+    """Members who hold a win of `script` already (any activity, any status)."""
+    found: set[str] = set()
+    for start in range(0, len(members), _CHUNK):
+        found.update(
+            session.scalars(
+                sa.select(RewardWin.member).where(
+                    RewardWin.script == script,
+                    RewardWin.member.in_(members[start : start + _CHUNK]),
+                )
+            )
+        )
+    return found
+
+
+def _pay_days(
+    wins: pd.DataFrame, won_day: dt.date, script: ActivityScript, rules: SendRules
+) -> list[dt.date]:
+    """Each win's pay day: N working days after the day the member played (else the win's day).
+
+    A join hook drawn the morning after pays five working days after the day of the play.
+    """
+    if script.pay_after_working_days == 0 or "answered_at" not in wins.columns:
+        return [add_working_days(won_day, script.pay_after_working_days, rules)] * len(wins)
+    played = pd.to_datetime(wins["answered_at"], utc=True)
+    days = [won_day if pd.isna(at) else at.tz_convert(CHINA).date() for at in played.tolist()]
+    cache: dict[dt.date, dt.date] = {}
+    for d in set(days):
+        cache[d] = add_working_days(min(d, won_day), script.pay_after_working_days, rules)
+    return [cache[d] for d in days]
+
+
+def budget_alerts(
+    session: Session,
+    library: ActivityLibrary,
+    records: list[dict[str, Any]],
+    *,
+    activity_key: str,
+    week: str,
+    month: str,
+) -> list[CadenceAlert]:
+    """Alerts for what this grant did: wins over budget, a week or month past the alert share.
+
+    Keyed once per activity (over budget), per group and week, and per month (past 80 %).
+    """
+    alerts: list[CadenceAlert] = []
+    share = library.budget_alert_share
+    over = [r for r in records if r["reason"]]
+    if over:
+        counts = Counter(r["reason"] for r in over)
+        groups = sorted({r["chat_id"] for r in over})
+        alerts.append(
+            CadenceAlert(
+                key=f"over-budget:{activity_key}",
+                event="siyu.rewards.over-budget",
+                resource=f"siyu.group-cadence.activity.{activity_key}",
+                subject=(
+                    f"{len(over)} wins of {activity_key} ({week}) over budget, recorded unpaid "
+                    f"({sum(r['amount_fen'] for r in over) / 100:.2f} yuan)"
+                ),
+                next_step=(
+                    "raise group_week_budget_fen or programme_month_budget_fen in the Activity "
+                    "Library block before the next activity; these wins stay unpaid unless "
+                    "paid by hand"
+                ),
+                details={
+                    "activity": activity_key,
+                    "week": week,
+                    "month": month,
+                    "wins_over_budget": len(over),
+                    "by_budget": dict(sorted(counts.items())),
+                    "unpaid_fen": sum(r["amount_fen"] for r in over),
+                    "groups": len(groups),
+                    "groups_masked": [mask_chat_id(c) for c in groups[:50]],
+                },
+            )  # fmt: skip
+        )
+    chats = sorted({r["chat_id"] for r in records})
+    group_spent, month_spent = _spent(session, chats, week, month)
+    group_line = share * library.group_week_budget_fen
+    for chat, spent in group_spent.items():
+        if library.group_week_budget_fen and spent >= group_line:
+            alerts.append(
+                CadenceAlert(
+                    key=f"budget-80:group:{chat}:{week}",
+                    event="siyu.rewards.budget-80",
+                    resource=f"siyu.group-cadence.budget.group.{chat}.{week}",
+                    subject=(
+                        f"group {mask_chat_id(chat)} has spent {spent / 100:.2f} of its "
+                        f"{library.group_week_budget_fen / 100:.2f} yuan budget for {week}"
+                    ),
+                    next_step=(
+                        "further wins this week beyond the budget are recorded unpaid: raise "
+                        "group_week_budget_fen in the Activity Library block if they should be paid"
+                    ),
+                    details={
+                        "scope": "group_week",
+                        "group": mask_chat_id(chat),
+                        "week": week,
+                        "spent_fen": int(spent),
+                        "budget_fen": library.group_week_budget_fen,
+                        "share": round(spent / library.group_week_budget_fen, 3),
+                        "activity": activity_key,
+                    },
+                )  # fmt: skip
+            )
+    month_budget = library.programme_month_budget_fen
+    if month_budget and month_spent >= share * month_budget:
+        alerts.append(
+            CadenceAlert(
+                key=f"budget-80:month:{month}",
+                event="siyu.rewards.budget-80",
+                resource=f"siyu.group-cadence.budget.month.{month}",
+                subject=(
+                    f"the rewards programme has spent {month_spent / 100:.2f} of its "
+                    f"{month_budget / 100:.2f} yuan budget for {month}"
+                ),
+                next_step=(
+                    "wins beyond the month's budget are recorded unpaid: raise "
+                    "programme_month_budget_fen in the Activity Library block, or plan fewer prizes"
+                ),
+                details={
+                    "scope": "programme_month",
+                    "month": month,
+                    "spent_fen": month_spent,
+                    "budget_fen": month_budget,
+                    "share": round(month_spent / month_budget, 3),
+                    "activity": activity_key,
+                },
+            )  # fmt: skip
+        )
+    return alerts
+
+
+def mask_chat_id(chat_id: str) -> str:
+    """A group's id as people read it in alerts: "wrSeedChat0001" -> "wrSe****0001"."""
+    text = str(chat_id)
+    return text if len(text) <= 8 else f"{text[:4]}****{text[-4:]}"
 
 
 # -- settlement: granted wins whose pay day has come, paid through the outbox ---------------------

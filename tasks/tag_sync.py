@@ -6,7 +6,7 @@ import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from prefect.artifacts import (
     create_link_artifact,
     create_markdown_artifact,
     create_progress_artifact,
+    create_table_artifact,
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
@@ -40,12 +41,17 @@ from siyu.tasks.export import (
 from siyu.tasks.export_registry import (
     ExportRecord,
     blocked_since_last_sync,
+    last_synced_binding,
     mark_accepted,
+    mark_refused,
     mark_synced,
     previous_row_count,
     record_verdict,
     register_export,
+    sync_history,
+    write_quarantine_file,
 )
+from siyu.tasks.matching import DEFAULT_BINDING_DROP_THRESHOLD, BindingCount, binding_collapse
 from siyu.tasks.outbox import DrainReport, enqueue, supersede
 from siyu.tasks.quality import (
     GateResult,
@@ -55,7 +61,14 @@ from siyu.tasks.quality import (
     run_gate,
     store_profile,
 )
-from siyu.tasks.reports import SyncSummary, gate_markdown, sync_markdown
+from siyu.tasks.reports import (
+    HISTORY_DAYS,
+    HISTORY_KEY,
+    SyncSummary,
+    gate_markdown,
+    history_table,
+    sync_markdown,
+)
 from siyu.tasks.tag_push import (
     TAG_SYNC_PLAN,
     Catalog,
@@ -134,8 +147,13 @@ def gate_export(
     received: ReceivedExport,
     business_date: date,
     row_failure_threshold: float | None,
+    summary: SyncSummary,
 ) -> GateResult:
-    """Load the export and run the quality gate; store the verdict and quarantine; report it."""
+    """Load the export and run the quality gate; store the verdict and quarantine; report it.
+
+    The quarantined rows also go to a 0600 file for the bank's data team; the summary gets the
+    gate's counts and that file's path (never its rows).
+    """
     loaded = load_export(
         received.path,
         source.layout,
@@ -186,6 +204,16 @@ def gate_export(
             store_profile(engine, received.record.id, gate.profile)
     finally:
         engine.dispose()
+    quarantine_file = write_quarantine_file(
+        gate.quarantined, source.reports_path(), business_date, received.record.checksum
+    )
+    summary.checks_total = len(gate.checks)
+    summary.checks_failed = sum(not c.passed for c in gate.checks)
+    summary.rows_read = len(gate.accepted) + len(gate.quarantined)
+    summary.rows_accepted = len(gate.accepted)
+    summary.rows_quarantined = len(gate.quarantined)
+    if quarantine_file is not None:
+        summary.quarantine_file = quarantine_file.relative_to(source.reports_path()).as_posix()
     prune_data_docs(
         docs_root,
         keep_days=source.data_docs_keep_days,
@@ -204,6 +232,7 @@ def gate_export(
             gate.passed,
             gate.message,
             docs_url or docs_path,
+            summary.quarantine_file or None,
         ),
         key="export-quality-gate",
         description=f"Great Expectations gate of {received.path.name}",
@@ -218,6 +247,8 @@ def gate_export(
 
 
 MARK_TAG_API = "externalcontact/mark_tag"
+# Percent of a push between two progress lines in the log.
+PROGRESS_LOG_STEP = 10.0
 
 
 class RequestTally:
@@ -249,7 +280,10 @@ class TagPlan:
     batch: str
     planned: int
     summary: SyncSummary
-    catalog: Catalog
+    catalog: Catalog | None
+    # Why siyu refused to sync this export although the gate passed it (its binding collapsed):
+    # nothing was created, stored or sent.
+    refused: str | None = None
 
 
 @task(name="plan tag changes", **STEP)
@@ -265,20 +299,40 @@ def plan_tag_changes(
     """Bind contacts to customers, evaluate the rules, diff against synced tags, store the calls.
 
     A dry run only reads: it creates no tag, stores no binding, no outbox entry, no status.
+    Binding comes first: when its share collapsed against the last synced export (a changed
+    salt, a moved mobile column), the plan is refused before anything is created in WeCom, and
+    a real run stores the export as blocked.
     """
     engine = database.get_engine()
     client = wecom.get_client()
     try:
-        catalog = ensure_catalog(client, engine, rules, create=not summary.dry_run)
         pairs, binding = desired_for_contacts(
             accepted, reachable_contact_mobiles(engine), rules, source.salt()
-        )
-        diff = diff_tags(
-            pairs, synced_bits(engine, catalog), len(catalog.tags), catalog.retired_bits
         )
         summary.pairs_managed = len(pairs)
         summary.pairs_unbound = binding.unmatched_pairs
         summary.pairs_ambiguous = binding.ambiguous_pairs
+        refused = binding_collapse(
+            BindingCount(
+                bound=len(pairs),
+                contacts=len(pairs) + binding.unmatched_pairs + binding.ambiguous_pairs,
+            ),
+            last_synced_binding(engine, record.id),
+            # Read with a default until the export-source block carries the field.
+            getattr(source, "binding_drop_threshold", DEFAULT_BINDING_DROP_THRESHOLD),
+            business_date=summary.export_date,
+        )
+        if refused is not None:
+            if not summary.dry_run:
+                mark_refused(engine, record.id, refused)
+            get_run_logger().error("%s", refused)
+            return TagPlan(
+                batch=record.batch, planned=0, summary=summary, catalog=None, refused=refused
+            )
+        catalog = ensure_catalog(client, engine, rules, create=not summary.dry_run)
+        diff = diff_tags(
+            pairs, synced_bits(engine, catalog), len(catalog.tags), catalog.retired_bits
+        )
         summary.pairs_changed = len(diff.changes)
         summary.tags_added = _popcount(diff.changes["add_bits"])
         summary.tags_removed = _popcount(diff.changes["remove_bits"])
@@ -355,17 +409,23 @@ def push_tags(
     """
     engine = database.get_engine()
     client = wecom.get_client()
+    logger = get_run_logger()
     # The progress card is made at the first settled call: a drain with nothing left to send
-    # (a finished batch) shows none.
-    step: dict = {"next": 0.0, "id": None}
+    # (a finished batch) shows none. The card moves every 5 %, the log says the counts every 10 %.
+    step: dict = {"card": 0.0, "log": PROGRESS_LOG_STEP, "id": None, "done": 0, "total": 0}
 
     def progress(done: int, total: int) -> None:
         share = 100.0 * done / total
+        step["done"], step["total"] = done, total
+        words = f"mark_tag changes of {batch}: {done:,} of {total:,} settled"
         if step["id"] is None:
-            step["id"] = create_progress_artifact(share, description=f"mark_tag calls of {batch}")
-        if share >= step["next"] or done == total:
-            update_progress_artifact(step["id"], share)
-            step["next"] = share + 5.0
+            step["id"] = create_progress_artifact(share, description=words)
+        if share >= step["card"] or done == total:
+            update_progress_artifact(step["id"], share, description=words)
+            step["card"] = share + 5.0
+        if share >= step["log"] and done < total:
+            logger.info("%s (%.0f%%)", words, share)
+            step["log"] = (share // PROGRESS_LOG_STEP + 1) * PROGRESS_LOG_STEP
 
     try:
         report = push_tag_changes(client, engine, batch, progress=progress)
@@ -375,8 +435,12 @@ def push_tags(
         client.close()
         engine.dispose()
     if step["id"] is not None:
-        update_progress_artifact(step["id"], 100.0)
-    get_run_logger().info(
+        update_progress_artifact(
+            step["id"],
+            100.0,
+            description=f"mark_tag changes of {batch}: {step['total']:,} of {step['total']:,} settled",
+        )
+    logger.info(
         "sent %s, settled without a call %s, resent %s, refused %s",
         report.sent,
         report.reconciled,
@@ -411,18 +475,32 @@ def retire_tags(wecom: WeComApp, database: SiyuDatabase, catalog: Catalog) -> li
 def report_tag_sync(
     database: SiyuDatabase, record: ExportRecord, summary: SyncSummary, finished: bool
 ) -> SyncSummary:
-    """Publish the sync's report; mark the export synced once its push is drained."""
-    if finished:
-        engine = database.get_engine()
-        try:
+    """Publish the sync's report and the sync history; mark the export synced once drained."""
+    until = date.fromisoformat(summary.export_date) if summary.export_date else None
+    engine = database.get_engine()
+    try:
+        if finished:
             mark_synced(engine, record.id, summary.as_dict())
-        finally:
-            engine.dispose()
+        history = (
+            sync_history(engine, until - timedelta(days=HISTORY_DAYS - 1), until) if until else []
+        )
+    finally:
+        engine.dispose()
     create_markdown_artifact(
         sync_markdown(summary),
         key="tag-sync-report",
         description=f"Tag sync of {summary.export_file}",
     )
+    if history:
+        create_table_artifact(
+            history_table(history),
+            key=HISTORY_KEY,
+            description=(
+                f"Tag syncs of the {HISTORY_DAYS} days up to {until.isoformat()}, newest first: "
+                "verdict, pairs changed, contacts bound, contacts per tier with the change "
+                "against a week before"
+            ),
+        )
     return summary
 
 

@@ -9,7 +9,9 @@ once the employee confirms. Every tracking run, at its as-of time:
 3. an employee who has not confirmed after `remind_after` is reminded (remind_groupmsg_send,
    never more than 3 a message in any 24 h, plus an app message); reminder times are stored in
    the outbox entry's result, written before the call, so a crash never spends a fourth;
-4. a message past its send window is cancelled and its unconfirmed rows fail `expired`.
+4. a message past its send window is cancelled and its unconfirmed rows fail `expired`;
+5. a message still unconfirmed `alert_after` (24 h) after creation tells ops once
+   (`siyu.sends.unconfirmed-24h`, keyed by the message: the alert queue takes it once).
 
 Nothing here reads the wall clock: the flow passes `as_of`.
 """
@@ -30,6 +32,7 @@ from sqlalchemy.orm import Session
 from siyu.blocks.send_rules import SendRules
 from siyu.blocks.wecom import WeComClient, WeComError, WeComOutcomeUnknown
 from siyu.schemas.ledger import (
+    CANCELLED,
     CAPPED_BY_WECOM,
     CONFIRMED,
     CREATED,
@@ -38,8 +41,11 @@ from siyu.schemas.ledger import (
     EXPIRED,
     FAILED,
     FINAL_STATUSES,
+    GROUP,
+    GROUP_PAUSED,
     MASS_TEMPLATE,
     NOT_A_CONTACT,
+    PATH_PAUSED,
     SKIPPED,
     Send,
 )
@@ -52,6 +58,7 @@ from siyu.tasks.delivery import (
     queue_plan,
 )
 from siyu.tasks.ledger import ledger_counts, settle
+from siyu.tasks.ops_alerts import emit_ops_event
 from siyu.tasks.outbox import CANCELLED as OUTBOX_CANCELLED
 from siyu.tasks.outbox import CREATED as OUTBOX_CREATED
 from siyu.tasks.outbox import DELIVERED as OUTBOX_DELIVERED
@@ -62,6 +69,7 @@ SENT, NOT_CONTACT, CAPPED = 1, 2, 3  # get_groupmsg_send_result status
 TASK_SENT = 2  # get_groupmsg_task status once the employee confirmed
 REMINDER_WINDOW = dt.timedelta(hours=24)
 WECOM_REMINDERS_PER_DAY = 3
+UNCONFIRMED_EVENT = "siyu.sends.unconfirmed-24h"
 REMINDER_TEXT = "您有一条企业群发消息尚未确认发送，请在企业微信「客户联系 - 群发助手」中确认。"
 
 
@@ -87,6 +95,10 @@ class TrackSettings(BaseModel):
     in_flight_seconds: float = Field(
         default=30.0, gt=0, description="The outbox's in-flight window for replanned sends"
     )
+    alert_after: dt.timedelta = Field(
+        default=dt.timedelta(hours=24),
+        description="Ops are told once about a message still unconfirmed this long after creation",
+    )
 
 
 @dataclass
@@ -98,6 +110,7 @@ class TrackReport:
     reminders: int = 0  # remind_groupmsg_send calls made
     reminders_refused: int = 0  # WeCom said the reminder limit was reached
     cancelled: int = 0  # messages cancelled past their window
+    unconfirmed_alerts: int = 0  # messages ops were told about (unconfirmed after alert_after)
     replanned: dict[str, int] = field(default_factory=dict)  # the planner's answer for due rows
     calls: dict[str, int] = field(default_factory=dict)
 
@@ -118,6 +131,22 @@ def _epoch(value: int | None, fallback: dt.datetime) -> dt.datetime:
 # -- 1. deferred rows whose time has come --------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Paused:
+    """What ops paused: conversion paths (their ledger programmes) and customer groups."""
+
+    programmes: frozenset[str] = frozenset()  # e.g. "path:payroll"
+    groups: frozenset[str] = frozenset()  # chat ids, whatever the cadence
+
+    def reasons(self, rows: pd.DataFrame) -> pd.Series:
+        """Per ledger row, the reason it must not go (None: it may)."""
+        reason = pd.Series(None, index=rows.index, dtype=object)
+        reason[rows["programme"].isin(self.programmes)] = PATH_PAUSED
+        group = (rows["target_kind"] == GROUP) & rows["target_id"].isin(self.groups)
+        reason[group] = GROUP_PAUSED
+        return reason
+
+
 def replan_due(
     engine: sa.Engine,
     client: WeComClient,
@@ -125,8 +154,14 @@ def replan_due(
     rules: SendRules,
     as_of: dt.datetime,
     in_flight_seconds: float = 30.0,
+    paused: Paused | None = None,
 ) -> tuple[dict[str, int], Counter[str]]:
-    """Plan again every held deferred row whose not_before has come, and send what fits."""
+    """Plan again every held deferred row whose not_before has come, and send what fits.
+
+    A deferred row of a path or a group ops paused since is settled skipped, paused by ops: the
+    pause holds for what was waiting too, not only for the touches and slots still to run.
+    """
+    paused = paused or Paused()
     summary: Counter[str] = Counter()
     with Session(engine) as session:
         held = list(
@@ -176,6 +211,19 @@ def replan_due(
                 continue
             due = pd.to_datetime(rows["not_before"], utc=True).min()
             if due > pd.Timestamp(as_of):
+                continue
+            reasons = paused.reasons(rows)
+            for reason in reasons.dropna().unique():
+                ids = [int(i) for i in rows.loc[reasons == reason, "id"]]
+                moved = settle(session, ids, SKIPPED, at=as_of, reason=str(reason)).moved
+                summary["skipped"] += moved
+                summary[f"skipped:{reason}"] += moved
+            rows = rows[reasons.isna()]
+            if rows.empty:
+                mark(
+                    session, entry_id, OUTBOX_CANCELLED, result={"replanned_at": as_of.isoformat()}
+                )
+                session.commit()
                 continue
             wanted = rows.drop(columns=["id", "not_before"]).assign(
                 wanted_at=as_of, **{VARIANT: payload["variant"]}
@@ -377,6 +425,45 @@ class _Tracker:
             return
         mark(session, entry.id, OUTBOX_CANCELLED if cancelled else OUTBOX_DELIVERED)
 
+    def _alert_unconfirmed(self, message: _Message) -> None:
+        """Tell ops once that a manager has left a message unconfirmed for `alert_after`.
+
+        The event goes before the mark: a crash between them emits it again next round, and
+        the alert queue keeps one alert per key, so ops read it once either way.
+        """
+        waited = self.as_of - message.created_at
+        if waited < self.settings.alert_after:
+            return
+        with Session(self.engine) as session:
+            entry = self._entry(session, message)
+            if entry is not None and (entry.result or {}).get("unconfirmed_alert"):
+                return
+        hours = int(waited.total_seconds() // 3600)
+        expires = message.created_at + self.settings.send_window
+        emit_ops_event(
+            UNCONFIRMED_EVENT,
+            subject=(
+                f"manager {message.sender} has not confirmed mass message {message.msgid} for "
+                f"{hours} h ({len(message.rows)} recipients)"
+            ),
+            next_step=(
+                f"ask {message.sender} to confirm it in WeCom (客户联系 - 群发助手), or cancel it "
+                f"(ops action message-cancel, msgid {message.msgid}); it expires at "
+                f"{expires.astimezone(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}"
+            ),
+            key=f"{UNCONFIRMED_EVENT}:{message.msgid}:{message.sender}",
+            resource_id=f"siyu.mass-message.{message.msgid}",
+        )
+        self.report.unconfirmed_alerts += 1
+        with Session(self.engine) as session, session.begin():
+            entry = self._entry(session, message)
+            if entry is not None:
+                result = dict(entry.result or {})
+                result["unconfirmed_alert"] = self.as_of.isoformat()
+                session.execute(
+                    sa.update(OutboxEntry).where(OutboxEntry.id == entry.id).values(result=result)
+                )
+
     def track(self, message: _Message) -> None:
         self.report.messages += 1
         confirmed, results, confirmed_at = self._read(message)
@@ -396,6 +483,7 @@ class _Tracker:
                 self._count(FAILED, EXPIRED, moved)
             self._close_entry(session, message, cancelled)
         if not confirmed and not cancelled:
+            self._alert_unconfirmed(message)
             self._remind(message)
 
 
@@ -406,13 +494,19 @@ def track_sends(
     rules: SendRules,
     as_of: dt.datetime,
     settings: TrackSettings | None = None,
+    paused: Paused | None = None,
 ) -> TrackReport:
     """One tracking round at `as_of`: plan due deferred rows, settle, remind, expire."""
     if as_of.tzinfo is None:
         raise ValueError("track_sends needs a timezone-aware as_of, e.g. now in Asia/Shanghai")
     settings = settings or TrackSettings()
     replanned, replan_calls = replan_due(
-        engine, client, rules=rules, as_of=as_of, in_flight_seconds=settings.in_flight_seconds
+        engine,
+        client,
+        rules=rules,
+        as_of=as_of,
+        in_flight_seconds=settings.in_flight_seconds,
+        paused=paused,
     )
     tracker = _Tracker(engine, client, as_of, settings)
     tracker.report.replanned = replanned
@@ -520,3 +614,99 @@ def manager_markdown(summary: pd.DataFrame, report: TrackReport, as_of: dt.datet
             f"{row.skipped} | {lag} |"
         )
     return "\n".join(lines) + "\n"
+
+
+# -- ops cancel a pending message ---------------------------------------------------------------
+
+
+@dataclass
+class CancelReport:
+    """What cancelling one mass message did."""
+
+    msgid: str | None
+    found: int = 0  # ledger rows of the message
+    cancelled: int = 0  # rows settled failed cancelled
+    already_final: int = 0  # rows that had a final status already
+    confirmed: bool = False  # the employee had confirmed: WeCom cannot take it back
+    wecom_cancelled: bool = False  # cancel_groupmsg_send was called
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def message_rows(engine: sa.Engine, handle: str) -> tuple[str | None, pd.DataFrame]:
+    """(msgid, rows) of the mass message `handle` names: its msgid or its outbox (ledger) key."""
+    with Session(engine) as session:
+        rows = pd.DataFrame(
+            session.execute(
+                sa.select(
+                    Send.id, Send.msgid, Send.sender, Send.outbox_key, Send.status, Send.created_at
+                ).where(
+                    Send.channel == MASS_TEMPLATE,
+                    sa.or_(Send.msgid == handle, Send.outbox_key == handle),
+                )
+            ).all(),
+            columns=["id", "msgid", "sender", "outbox_key", "status", "created_at"],
+        )
+    msgids = set(rows["msgid"].dropna())
+    if len(msgids) > 1:
+        raise ValueError(
+            f"{handle!r} names {len(msgids)} mass messages: cancel each by its msgid instead"
+        )
+    return (msgids.pop() if msgids else None), rows
+
+
+def cancel_message(
+    engine: sa.Engine, client: WeComClient, handle: str, *, as_of: dt.datetime
+) -> CancelReport:
+    """Cancel a mass message its employee has not confirmed, and fail its rows `cancelled`.
+
+    `handle` is the msgid or the outbox key of its ledger rows. A message not created yet
+    (its outbox entry pending) is cancelled in the outbox, so it is never sent; a confirmed one
+    cannot be taken back and is left to the tracker. Safe to repeat: WeCom's cancel is, and
+    final rows never move.
+    """
+    msgid, rows = message_rows(engine, handle)
+    report = CancelReport(msgid=msgid, found=len(rows))
+    if rows.empty:
+        raise LookupError(
+            f"no mass message with msgid or ledger key {handle!r}: copy the msgid from the "
+            "sends-track artifact or the unconfirmed alert"
+        )
+    open_rows = rows[~rows["status"].isin(sorted(FINAL_STATUSES))]
+    report.already_final = len(rows) - len(open_rows)
+    if open_rows.empty:
+        return report
+    if msgid is not None:
+        sender = str(open_rows["sender"].iloc[0])
+        message = _Message(
+            msgid=msgid,
+            sender=sender,
+            outbox_key=open_rows["outbox_key"].iloc[0],
+            created_at=_aware(pd.Timestamp(open_rows["created_at"].min()).to_pydatetime()) or as_of,
+            rows=open_rows[["id", "status"]].assign(target_id=""),
+        )
+        tracker = _Tracker(engine, client, as_of, TrackSettings())
+        client.cancel_groupmsg_send(msgid)
+        report.wecom_cancelled = True
+        confirmed, _, _ = tracker._read(message)
+        if confirmed or (open_rows["status"] == CONFIRMED).any():
+            report.confirmed = True  # sent before the cancel: the tracker settles it
+            return report
+    with Session(engine) as session, session.begin():
+        key = open_rows["outbox_key"].iloc[0]
+        entry = (
+            session.scalar(sa.select(OutboxEntry).where(OutboxEntry.key == key)) if key else None
+        )
+        if msgid is None and entry is not None and entry.status != PENDING:
+            raise RuntimeError(
+                f"the mass message of {handle!r} is being created right now ({entry.status}): "
+                "run message-cancel again in a minute, with its msgid once it has one"
+            )
+        ids = open_rows["id"].astype(int).tolist()
+        report.cancelled = settle(session, ids, FAILED, at=as_of, reason=CANCELLED).moved
+        if entry is not None and entry.status in (PENDING, OUTBOX_CREATED):
+            result = dict(entry.result or {})
+            result["cancelled_by"] = "ops"
+            mark(session, entry.id, OUTBOX_CANCELLED, result=result)
+    return report

@@ -3,7 +3,8 @@
 China's statutory calendar (public holidays off, some weekends worked in lieu) comes from the
 `chinesecalendar` package; the bank's own dates in the SendRules block override it and extend
 it past the years the package knows. A date neither knows is never guessed silently: it is
-treated as Mon-Fri and a CalendarWarning says so, so the caller can alert ops.
+treated as Mon-Fri, a CalendarWarning says so, and ops are told (`siyu.calendar.unknown-date`,
+once per date a day).
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ from typing import Literal
 import chinese_calendar
 
 from siyu.blocks.send_rules import SendRules
+from siyu.tasks.ops_alerts import emit_ops_event
 
 logger = logging.getLogger(__name__)
 
 # How far next_allowed_time looks ahead: longer than any run of days off China has.
 MAX_DAYS_AHEAD = 60
+
+UNKNOWN_DATE_EVENT = "siyu.calendar.unknown-date"
+# (unknown date, the UTC day it was told) already told by this process: a planner looks the
+# same date up thousands of times a run.
+_told: set[tuple[dt.date, dt.date]] = set()
 
 DaySource = Literal["bank", "package", "bank_weekday", "fallback"]
 
@@ -83,7 +90,27 @@ def warn_unknown(day: dt.date) -> str:
     message = unknown_date_message(day)
     warnings.warn(message, CalendarWarning, stacklevel=3)
     logger.warning(message)
+    tell_ops_unknown(day)
     return message
+
+
+def tell_ops_unknown(day: dt.date, today: dt.date | None = None) -> bool:
+    """Tell ops about an unknown date once a day (this process; the alert queue's key makes it
+    once a day across processes too). Returns True when an event was emitted."""
+    today = today or dt.datetime.now(dt.UTC).date()
+    if (day, today) in _told:
+        return False
+    _told.add((day, today))
+    return emit_ops_event(
+        UNKNOWN_DATE_EVENT,
+        subject=f"{day.isoformat()} is outside the working-day calendar: treated as Mon-Fri",
+        next_step=(
+            f"add the bank's {day.year} holidays and worked weekend days to the SendRules block "
+            "(holidays, workdays) and set its known_until past this date"
+        ),
+        key=f"{UNKNOWN_DATE_EVENT}:{day.isoformat()}:{today.isoformat()}",
+        resource_id=f"siyu.calendar.{day.isoformat()}",
+    )
 
 
 def is_working_day(day: dt.date, rules: SendRules, *, unknown: set[dt.date] | None = None) -> bool:

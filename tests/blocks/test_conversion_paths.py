@@ -65,3 +65,13 @@ def test_an_edit_changes_the_path_version() -> None:
     before = path.version()
     path.touches[0].contents["intro"].text = "新的开场白"
     assert path.version() != before
+
+
+def test_a_path_is_not_paused_unless_ops_pause_it_and_the_form_says_what_pausing_does() -> None:
+    assert not any(p.paused for p in ConversionPaths().paths)
+    field = ConversionPath.model_fields["paused"]
+    assert "send nothing" in field.description and "path paused by ops" in field.description
+    paused = DEFAULT_PATHS[0].model_copy(deep=True)
+    paused.paused = True
+    assert paused.version() != DEFAULT_PATHS[0].version()  # the ledger sees which edit skipped
+    assert ConversionPath.model_validate(paused.model_dump(mode="json")).paused

@@ -20,6 +20,7 @@ from siyu.blocks.environment import (
 )
 from siyu.blocks.export_source import ExportSource
 from siyu.blocks.tag_rules import TagRules
+from siyu.blocks.wecom import WeComApp
 from siyu.schemas.settings import Settings
 from tests.flows.conftest import system  # noqa: F401 - the flow fixture, for the last test
 
@@ -191,3 +192,61 @@ def test_contacts_sync_never_loads_the_tag_rules(system, monkeypatch) -> None:  
     assert state.is_completed(), state.message
     assert "tag_rules" not in asked
     assert "wecom" in asked
+
+
+def test_every_siyu_block_type_is_listed_for_the_setup() -> None:
+    import importlib
+    import pkgutil
+
+    from prefect.blocks.core import Block
+
+    import siyu.blocks
+    from siyu.blocks.environment import SIYU_BLOCK_TYPES
+
+    defined = set()
+    for module in pkgutil.walk_packages(siyu.blocks.__path__, "siyu.blocks."):
+        for value in vars(importlib.import_module(module.name)).values():
+            if (
+                isinstance(value, type)
+                and issubclass(value, Block)
+                and value.__module__ == module.name
+                and value.get_block_type_slug().startswith("siyu-")
+            ):
+                defined.add(value)
+
+    assert defined == set(SIYU_BLOCK_TYPES)
+
+
+def test_a_production_run_in_a_fresh_directory_leaves_nothing_there(
+    prefect_server, tmp_path, monkeypatch
+) -> None:
+    """A worker runs each flow in a new temporary directory: no state may land in it."""
+    name = unsaved_name()
+    shared = tmp_path / "shared"
+    saved = {
+        "wecom": WeComApp(corp_id="ww1", secret=SecretStr("s"), agent_id=1),
+        "database": SiyuDatabase(url=f"sqlite:///{shared / 'siyu.db'}"),
+        "export_source": ExportSource(
+            landing_dir=str(shared / "landing"),
+            reports_dir=str(shared / "reports"),
+            mobile_salt=SecretStr("one-salt"),
+        ),
+        "tag_rules": TagRules(),
+    }
+    for block in saved.values():
+        block.save(name)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    monkeypatch.chdir(run_dir)
+    monkeypatch.delenv("SIYU_ENVIRONMENT")
+    monkeypatch.delenv("SIYU_HOME")
+    try:
+        env = load_environment(name)
+        for attribute in BLOCK_TYPES:
+            getattr(env, attribute)
+        assert env.export_source.salt() == b"one-salt"
+        assert env.export_source.landing_path() == shared / "landing"
+    finally:
+        for attribute, block in saved.items():
+            BLOCK_TYPES[attribute].delete(name)
+    assert list(run_dir.iterdir()) == []

@@ -69,3 +69,24 @@ def test_entries_land_one_file_per_activity_round(tmp_path):
     assert source.path_for("weekly:fri-big:2026-W50", 2).endswith(
         "entries-weekly_fri-big_2026-W50-r2.csv"
     )
+
+
+def test_ops_pause_a_group_with_an_override_that_says_what_it_does():
+    field = GroupOverride.model_fields["paused"]
+    assert field.default is False
+    assert field.description == (
+        "Paused by ops: every slot of this group is recorded skipped with reason "
+        "'group paused by ops'"
+    )
+    template = CadenceTemplate(overrides=[GroupOverride(chat_id="wr1", paused=True),
+                                          GroupOverride(chat_id="wr2", skip=["mon-post"])])  # fmt: skip
+    assert template.paused() == {"wr1"}
+
+
+def test_the_join_hook_is_a_daily_lottery_each_member_wins_once():
+    hook = ActivityLibrary().script("join-hook")
+    assert hook.once_per_member and hook.window_minutes == 24 * 60
+    assert not any(s.once_per_member for s in ActivityLibrary().scripts if s.name != "join-hook")
+    # A hook saved before the field existed is still won once per member.
+    saved = hook.model_dump(exclude={"once_per_member"})
+    assert ActivityScript.model_validate(saved).once_per_member

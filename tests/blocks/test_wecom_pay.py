@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from pydantic import SecretStr
 
 from siyu.blocks.group_cadence import PayoutAccount
 from siyu.blocks.wecom import WeComClient
+from siyu.blocks.wecom.pacing import PrefectPacer, RateLimits
 from siyu.blocks.wecom_pay import (
     SEND_REDPACK,
     PayClient,
     PayNotFound,
     PayOutcomeUnknown,
     PayRefused,
+    ensure_payout_rate_limit,
+    pacing_scope,
     pay_sign,
+    payout_limit_name,
 )
 from tests.fixtures.sandbox import SEED_CONTACT_IDS
 
@@ -85,3 +96,61 @@ def test_the_signature_is_wechat_pays_md5():
 def test_the_pay_address_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("SIYU_PAY_BASE_URL", "http://127.0.0.1:9/")
     assert PayoutAccount.from_env("ww1").pay_base_url == "http://127.0.0.1:9/"
+
+
+PAY_ONE = textwrap.dedent(
+    """
+    import sys
+    from pydantic import SecretStr
+    from siyu.blocks.group_cadence import PayoutAccount
+
+    pay_base, corp, key, openid = sys.argv[1:]
+    account = PayoutAccount(pay_base_url=pay_base, wxappid=corp, api_key=SecretStr(key),
+                            per_minute=1)
+    account.get_client().send_redpack(billno="RPACED0001", openid=openid, amount_fen=500,
+                                      act_name="quiz")
+    """
+)
+
+
+def test_payouts_share_one_prefect_rate_limit_across_processes(prefect_server, pay, sandbox):
+    """The merchant's limit holds for all workers: a payout in another process uses it up."""
+    _, openid = pay
+    account = PayoutAccount(
+        pay_base_url=sandbox.pay_base, wxappid=sandbox.corp_id, api_key=SecretStr(KEY),
+        per_minute=1,
+    )  # fmt: skip
+    assert ensure_payout_rate_limit(account) == {payout_limit_name(): 1}
+    assert account.shared_pacing
+    with get_client(sync_client=True) as client:  # slots other tests' payouts left: none here
+        client.update_global_concurrency_limit(
+            payout_limit_name(), GlobalConcurrencyLimitUpdate(active_slots=0)
+        )
+    done = subprocess.run(
+        [sys.executable, "-c", PAY_ONE, sandbox.pay_base, sandbox.corp_id, KEY, openid],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PREFECT_API_URL": prefect_server},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(sandbox.payouts()) == 1
+    # This minute's one payout is spent: here the next one waits for the shared limit's refill.
+    here = PayClient(
+        account,
+        pacer=PrefectPacer(pacing_scope(account), RateLimits(1), timeout_seconds=1),
+    )
+    with pytest.raises(TimeoutError, match=payout_limit_name()):
+        here.send_redpack(billno="RPACED0002", openid=openid, amount_fen=500, act_name="quiz")
+    assert len(sandbox.payouts()) == 1
+    # A limit ops made stricter is kept; one cut for another per-minute limit is cut again.
+    with get_client(sync_client=True) as client:
+        made = client.read_global_concurrency_limit_by_name(payout_limit_name())
+        client.update_global_concurrency_limit(
+            payout_limit_name(),
+            GlobalConcurrencyLimitUpdate(slot_decay_per_second=made.slot_decay_per_second / 2),
+        )
+        ensure_payout_rate_limit(account)
+        kept = client.read_global_concurrency_limit_by_name(payout_limit_name())
+        assert kept.slot_decay_per_second == made.slot_decay_per_second / 2
+        ensure_payout_rate_limit(PayoutAccount(wxappid=sandbox.corp_id))  # 1,800 a minute
+        recut = client.read_global_concurrency_limit_by_name(payout_limit_name())
+        assert recut.limit > made.limit and recut.slot_decay_per_second > made.slot_decay_per_second

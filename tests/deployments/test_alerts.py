@@ -152,3 +152,125 @@ def test_a_run_killed_9_is_marked_crashed_within_a_minute_or_so(
             process.wait()
         log.close()
         Automation.read(name=alerts.CRASH_DETECTION).delete()
+
+
+def _delete(name: str) -> None:
+    from prefect.automations import Automation
+
+    with contextlib.suppress(ValueError):
+        Automation.read(name=name).delete()
+
+
+def test_ensure_automations_sets_up_the_robot_watchdog_and_crash_detection_once(
+    prefect_server, monkeypatch
+) -> None:
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import SendNotification
+    from prefect.events.schemas.automations import EventTrigger, Posture
+
+    for name in (alerts.AUTOMATION, alerts.LEGACY_AUTOMATION, alerts.CRASH_DETECTION):
+        _delete(name)
+    with contextlib.suppress(Exception):
+        CustomWebhookNotificationBlock.delete(alerts.ROBOT_BLOCK)
+    # An older setup's automation, one post an event: it would flood the robot.
+    legacy = Automation(
+        name=alerts.LEGACY_AUTOMATION,
+        trigger=EventTrigger(expect={"prefect.flow-run.Failed"}, posture=Posture.Reactive),
+        actions=[],
+    ).create()
+    # The table deploys the ops-alerts flow: failures go through its queue.
+    monkeypatch.setattr(alerts, "WATCHED_FLOWS", [*alerts.WATCHED_FLOWS, alerts.ALERT_FLOW])
+    try:
+        url = "http://robot.invalid/cgi-bin/webhook/send?key={{key}}"
+        alerts.ensure_automations(url, "k1")
+        watchdog = Automation.read(name=alerts.AUTOMATION)
+        watchdog.description = "ops wrote this"
+        watchdog.update()
+        alerts.ensure_automations("http://other.invalid/?key={{key}}", "k2")  # kept, not redone
+
+        robot = CustomWebhookNotificationBlock.load(alerts.ROBOT_BLOCK)
+        assert robot.url == url and robot.secrets.get_secret_value() == {"key": "k1"}
+        assert Automation.read(name=alerts.LEGACY_AUTOMATION).enabled is False
+        watchdog = Automation.read(name=alerts.AUTOMATION)
+        assert watchdog.description == "ops wrote this"
+        assert watchdog.trigger.match_related["prefect.resource.name"] == [alerts.ALERT_FLOW]
+        (action,) = watchdog.actions
+        assert isinstance(action, SendNotification)
+        assert "flow_run|ui_url" in action.body
+        assert Automation.read(name=alerts.CRASH_DETECTION).name == alerts.CRASH_DETECTION
+        with get_client(sync_client=True) as client:
+            assert len(client.read_automations_by_name(alerts.AUTOMATION)) == 1
+    finally:
+        legacy.delete()
+        for name in (alerts.AUTOMATION, alerts.CRASH_DETECTION):
+            _delete(name)
+        CustomWebhookNotificationBlock.delete(alerts.ROBOT_BLOCK)  # later tests save their own
+
+
+def test_the_alert_flow_and_the_tag_sync_share_one_robot_block() -> None:
+    from siyu.flows.ops_alerts import OPS_ROBOT_BLOCK
+
+    assert alerts.ROBOT_BLOCK == OPS_ROBOT_BLOCK
+
+
+def test_a_failed_alert_flow_is_posted_straight_to_the_robot_once(
+    prefect_server, sandbox, database_url, monkeypatch
+) -> None:
+    """The queue cannot tell about itself: its watchdog automation posts its failure directly."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from siyu.flows.ops_alerts import ops_alerts
+    from siyu.schemas.database import upgrade
+
+    monkeypatch.setenv("SIYU_DATABASE_URL", database_url)
+    monkeypatch.setattr(alerts, "WATCHED_FLOWS", [*alerts.WATCHED_FLOWS, alerts.ALERT_FLOW])
+    upgrade(database_url)
+    for name in (alerts.AUTOMATION, alerts.LEGACY_AUTOMATION, alerts.CRASH_DETECTION):
+        _delete(name)
+    with contextlib.suppress(Exception):
+        CustomWebhookNotificationBlock.delete(alerts.ROBOT_BLOCK)
+    alerts.ensure_automations(f"{sandbox.api_base}webhook/send?key={{{{key}}}}", "watchdog")
+    try:
+        time.sleep(2)  # the server's triggers pick up a new automation within a moment
+        state = ops_alerts(robot_block="siyu-no-such-robot", return_state=True)
+        assert state.is_failed() and "no ops robot block 'siyu-no-such-robot'" in state.message
+
+        def watchdog_posts() -> list:
+            return [p for p in sandbox.webhook_posts() if p["key"] == "watchdog"]
+
+        (post,) = _wait(watchdog_posts, 60, "the watchdog's post")
+        content = post["body"]["text"]["content"]
+        assert "ops alert flow run" in content and "no ops robot block" in content
+        # The link where the server has PREFECT_UI_URL (`siyu up` sets it); the run id otherwise.
+        assert (
+            "/runs/flow-run/" in content or f"run id {state.state_details.flow_run_id}" in content
+        )
+    finally:
+        for name in (alerts.AUTOMATION, alerts.LEGACY_AUTOMATION, alerts.CRASH_DETECTION):
+            _delete(name)
+        CustomWebhookNotificationBlock.delete(alerts.ROBOT_BLOCK)
+
+
+def test_without_the_queue_deployed_failures_keep_their_direct_automation(
+    prefect_server, monkeypatch
+) -> None:
+    from prefect.automations import Automation
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    monkeypatch.setattr(
+        alerts, "WATCHED_FLOWS", [f for f in alerts.WATCHED_FLOWS if f != alerts.ALERT_FLOW]
+    )
+    for name in (alerts.AUTOMATION, alerts.LEGACY_AUTOMATION, alerts.CRASH_DETECTION):
+        _delete(name)
+    try:
+        alerts.ensure_automations("http://robot.invalid/?key={{key}}", "k1")
+        direct = Automation.read(name=alerts.LEGACY_AUTOMATION)
+        assert direct.enabled
+        assert set(direct.trigger.match_related["prefect.resource.name"]) >= {"tag-sync"}
+    finally:
+        for name in (alerts.AUTOMATION, alerts.LEGACY_AUTOMATION, alerts.CRASH_DETECTION):
+            _delete(name)
+        with contextlib.suppress(Exception):
+            CustomWebhookNotificationBlock.delete(alerts.ROBOT_BLOCK)

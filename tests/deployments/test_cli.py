@@ -23,6 +23,8 @@ COMMANDS = [
     ["db", "upgrade"],
     ["contacts-sync"],
     ["tag-sync"],
+    ["deploy"],
+    ["sends", "track"],
 ]
 
 
@@ -82,8 +84,22 @@ def test_no_command_is_a_usage_error() -> None:
             "x",
         ],
         ["up", "--prefect-port", "70000"],
+        ["deploy", "--landing-dir", "landing"],
+        ["deploy", "--reports-dir", "./reports"],
+        ["deploy", "--schedules", "maybe"],
+        ["deploy", "--wecom-agent-id", "one"],
     ],
-    ids=["date-dashes", "date-not-a-day", "threshold-above-1", "no-customers", "bad-port"],
+    ids=[
+        "date-dashes",
+        "date-not-a-day",
+        "threshold-above-1",
+        "no-customers",
+        "bad-port",
+        "relative-landing",
+        "relative-reports",
+        "schedules-neither-on-nor-off",
+        "agent-id-not-a-number",
+    ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(args: list[str], tmp_path: Path) -> None:
     result = run_siyu(*args, cwd=tmp_path)
@@ -355,3 +371,116 @@ def test_flow_commands_keep_what_they_write_private(monkeypatch, tmp_path: Path)
 
     assert cli.main(["contacts-sync"]) == 0
     assert (tmp_path / "quarantine.csv").stat().st_mode & 0o777 == 0o600
+
+
+def test_deploy_help_shows_every_flag_its_setup_announces() -> None:
+    import re
+
+    from siyu.deployments import setup
+
+    announced = set(re.findall(r"^\s+(--[a-z-]+)", setup.__doc__ or "", flags=re.MULTILINE))
+    result = run_siyu("deploy", "--help")
+
+    assert {"--landing-dir", "--schedules", "--database-url", "--robot-key"} <= announced
+    for flag in announced:
+        assert flag in result.stdout, flag
+    assert "PREFECT_API_URL" in result.stdout
+
+
+def _bare_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """No Prefect or siyu settings at all, and a Prefect home with no profile in it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SIYU_", "PREFECT_"))}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), **extra)
+    return env
+
+
+def test_deploy_without_prefect_api_url_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(SIYU), "deploy"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_bare_env(tmp_path),
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "PREFECT_API_URL is not set" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / ".siyu").exists()
+
+
+def test_deploy_to_a_server_that_does_not_answer_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(SIYU), "deploy"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=_bare_env(tmp_path, PREFECT_API_URL="http://127.0.0.1:1/api"),
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "does not answer" in result.stderr and "http://127.0.0.1:1/api" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sends_track_takes_the_tracker_settings_as_flags(monkeypatch) -> None:
+    from datetime import timedelta
+
+    from prefect.states import Completed
+
+    import siyu.flows.sends_track as module
+
+    fake = _FakeFlow(Completed(message="ok"))
+    monkeypatch.setattr(module, "sends_track", fake)
+
+    assert cli.main(["sends", "track"]) == 0
+    assert cli.main(["sends", "track", "--remind-after", "3h", "--send-window", "1d12h"]) == 0
+
+    plain, tuned = fake.calls
+    assert plain["settings"] is None  # the flow's defaults
+    assert tuned["settings"].remind_after == timedelta(hours=3)
+    assert tuned["settings"].send_window == timedelta(days=1, hours=12)
+    assert tuned["settings"].remind_every == type(tuned["settings"])().remind_every
+
+
+def test_every_tracker_setting_has_a_flag() -> None:
+    from siyu.tasks.tracking import TrackSettings
+
+    assert set(cli.TRACK_SETTING_FLAGS) == set(TrackSettings.model_fields)
+    help_text = run_siyu("sends", "track", "--help").stdout
+    for name in TrackSettings.model_fields:
+        assert "--" + name.replace("_", "-") in help_text
+
+
+@pytest.mark.parametrize("value", ["2 hours", "h", "", "-1h"])
+def test_a_duration_that_is_not_one_is_refused(value: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError):
+        cli._duration(value)
+
+
+def test_cadence_and_rewards_take_their_flow_parameters_as_flags(monkeypatch) -> None:
+    from prefect.states import Completed
+
+    import siyu.flows.group_cadence as module
+
+    calls: dict[str, _FakeFlow] = {}
+    for name in ("group_cadence", "cadence_due", "rewards_settle"):
+        calls[name] = _FakeFlow(Completed(message="ok"))
+        monkeypatch.setattr(module, name, calls[name])
+
+    assert cli.main(["cadence", "slot", "tue-game", "--no-schedule-winners"]) == 0
+    assert cli.main(["cadence", "due", "--in-flight-seconds", "120"]) == 0
+    assert cli.main(["rewards", "settle"]) == 0
+    assert cli.main(["rewards", "settle", "--in-flight-seconds", "5"]) == 0
+
+    assert calls["group_cadence"].calls[0]["schedule_winners"] is False
+    assert calls["cadence_due"].calls[0]["in_flight_seconds"] == 120.0
+    plain, tuned = calls["rewards_settle"].calls
+    assert "in_flight_seconds" not in plain  # the flow's default
+    assert tuned["in_flight_seconds"] == 5.0

@@ -56,8 +56,21 @@ def test_every_entry_names_its_flow_and_runs_on_beijing_time() -> None:
         "path-touch/cohort-touch",
         "group-cadence/weekly",
         "activity-winners/on-demand",
+        "join-hook/daily",
         "rewards-settle/daily",
         "group-health/daily",
+        "weekly-report/monday",
+        "housekeeping/daily",
+        "ops-alerts/every-5-minutes",
+        # every manual action of ops, a Run form each
+        "touch-rerun/on-demand",
+        "message-cancel/on-demand",
+        "path-pause/on-demand",
+        "path-resume/on-demand",
+        "cadence-pause/on-demand",
+        "cadence-resume/on-demand",
+        "payout-resend/on-demand",
+        "tracking-rerun/on-demand",
     )
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
+from siyu.blocks.environment import SIYU_BLOCK_TYPES
 from siyu.deployments import serve
 from siyu.deployments.up import descendants, port_is_free
 
@@ -255,6 +256,10 @@ def test_up_serves_the_deployments_the_ui_shows_them_and_ctrl_c_stops_everything
     assert (home / "landing").is_dir() and any((home / "landing").glob("core_export_*"))
     assert (home / "siyu.db").is_file()
     assert (home / "sandbox" / "state.db").is_file()
+    # Every block is saved to edit in the Blocks page, the playbooks (conversion paths too) included.
+    documents = requests.post(f"{up.api}/block_documents/filter", json={}, timeout=10).json()
+    saved = {d["block_type"]["slug"] for d in documents if d["name"] == "siyu"}
+    assert {t.get_block_type_slug() for t in SIYU_BLOCK_TYPES} <= saved
 
     # The UI renders the deployments: a picture for people, the DOM for the assertion.
     url = f"http://127.0.0.1:{prefect_port}/deployments"
@@ -390,7 +395,13 @@ def test_an_exported_prefect_home_is_kept(tmp_path: Path, monkeypatch) -> None:
     chosen = tmp_path / "my-prefect-home"
     monkeypatch.setenv("PREFECT_HOME", str(chosen))
     monkeypatch.setenv("SIYU_HOME", str(tmp_path / "home"))
-    for key in ("PREFECT_API_URL", "PREFECT_UI_URL", "SIYU_ENVIRONMENT", "SIYU_WECOM_BASE_URL"):
+    for key in (
+        "PREFECT_API_URL",
+        "PREFECT_UI_URL",
+        "SIYU_ENVIRONMENT",
+        "SIYU_WECOM_BASE_URL",
+        "SIYU_PAY_BASE_URL",
+    ):
         monkeypatch.setenv(key, os.environ.get(key, ""))  # restored after the test
     previous_umask = os.umask(0o022)
     try:

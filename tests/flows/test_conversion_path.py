@@ -137,30 +137,156 @@ def test_enrolment_schedules_four_named_touches_and_touches_reach_the_treated_on
     assert done == 2 * len(cohorts)
 
 
-def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced) -> None:
+def _touch_runs_in_prefect(deployment_id) -> list:
+    """The flow runs of the path-touch deployment, as the Prefect API lists them."""
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+        )
+
+
+def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced) -> None:
     from siyu.deployments.specs import DEPLOYMENTS
 
     spec = next(s for s in DEPLOYMENTS if s.full_name == conversion_path.TOUCH_DEPLOYMENT)
-    spec.to_runner_deployment().apply()
+    deployment_id = spec.to_runner_deployment().apply()
+    earlier = {r.id for r in _touch_runs_in_prefect(deployment_id)}  # another test's, if any
     assert path_enroll(as_of=at(DAY, 9), return_state=True).is_completed()
 
     with Session(synced.engine()) as session:
-        runs = session.execute(sa.select(TouchRun.flow_run_id, TouchRun.due_at)).all()
-    with get_client(sync_client=True) as client:
-        found = client.read_flow_runs(
-            deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[spec.name]))
-        )
-    by_id = {str(r.id): r for r in found}
-    assert runs and len(found) == len(runs)
-    for flow_run_id, due in runs:
-        run = by_id[flow_run_id]
-        assert run.state.is_scheduled()
-        assert run.expected_start_time == due
-        assert " cohort · touch " in run.name
+        cohorts = {c.id: c for c in session.scalars(sa.select(Cohort))}
+        stored = {
+            (r.cohort_id, r.touch): (r.flow_run_id, r.due_at)
+            for r in session.scalars(sa.select(TouchRun))
+        }
+    found = [r for r in _touch_runs_in_prefect(deployment_id) if r.id not in earlier]
+    assert cohorts and len(found) == 4 * len(cohorts) == len(stored)
+    by_cohort: dict[int, list] = {}
+    for run in found:
         assert set(run.parameters) == {"cohort", "touch"}
+        cohort, touch = run.parameters["cohort"], run.parameters["touch"]
+        assert stored[(cohort, touch)] == (str(run.id), run.expected_start_time)
+        assert run.state.is_scheduled()  # Scheduled (or Late: its due time is the test's past)
+        assert run.name == f"{cohorts[cohort].title} · 2026-11-24 cohort · touch {touch}"
+        local = run.expected_start_time.astimezone(ZONE)
+        assert dt.time(10) <= local.time() <= dt.time(11, 30)
+        assert local.weekday() < 5
+        by_cohort.setdefault(cohort, []).append((touch, run.expected_start_time))
+    for runs in by_cohort.values():
+        runs.sort()
+        assert [t for t, _ in runs] == [1, 2, 3, 4]
+        assert [d for _, d in runs] == sorted({d for _, d in runs})  # four distinct, in order
+
+    # Enrolment again the same day schedules nothing more.
+    assert path_enroll(as_of=at(DAY, 9, 30), return_state=True).is_completed()
+    again = [r for r in _touch_runs_in_prefect(deployment_id) if r.id not in earlier]
+    assert {r.id for r in again} == {r.id for r in found}
+    # The idempotency key is what holds it: asking Prefect again for a scheduled touch (a retry
+    # of enrolment after a crash between Prefect's answer and our commit) returns the same run.
+    (cohort, touch), (flow_run_id, due) = next(iter(stored.items()))
+    key = conversion_path.touch_run_key(cohort, touch, due)
+    name = f"{cohorts[cohort].title} · 2026-11-24 cohort · touch {touch}"
+    params = {"cohort": cohort, "touch": touch}
+    assert conversion_path.schedule_with_prefect(key, params, due, name) == flow_run_id
+    assert len(_touch_runs_in_prefect(deployment_id)) == len(earlier) + len(found)
+
+
+@pytest.fixture
+def playbooks_restored():
+    """Whatever ConversionPaths block "siyu" the session had is back after the test."""
+    from prefect.client.orchestration import get_client
+
+    from siyu.blocks.conversion_paths import ConversionPaths
+
+    try:
+        before = ConversionPaths.load("siyu")
+    except ValueError:
+        before = None
+    yield
+    if before is not None:
+        before.save("siyu", overwrite=True)
+    else:
+        saved = ConversionPaths.load("siyu")
+        with get_client(sync_client=True) as client:
+            client.delete_block_document(saved._block_document_id)
+
+
+def test_a_paused_path_sends_nothing_and_records_every_planned_send_skipped(
+    synced, scheduled, playbooks_restored
+) -> None:
+    from prefect.artifacts import Artifact
+
+    from siyu.blocks.conversion_paths import ConversionPaths
+    from siyu.schemas.models import OutboxEntry
+    from siyu.tasks.delivery import OUTBOX_PLAN
+    from siyu.tasks.journeys import PAUSED_BY_OPS
+
+    system = synced
+    engine = system.engine()
+    books = ConversionPaths()
+    for path in books.paths:
+        path.active = path.name == "payroll-wealth"
+        path.paused = path.name == "payroll-wealth"
+    books.save("siyu", overwrite=True)
+    # Pausing stops the touches, not the enrolment.
+    assert path_enroll(as_of=at(DAY, 9), return_state=True).is_completed()
+    members = _frame(
+        engine,
+        sa.select(Enrollment.external_userid, Enrollment.holdout, Cohort.id).join(
+            Cohort, Cohort.id == Enrollment.cohort_id
+        ),
+        ["external_userid", "holdout", "cohort"],
+    )
+    (cohort,) = set(members["cohort"])
+    treated = set(members.loc[~members["holdout"], "external_userid"])
+    assert treated and len(scheduled) == 4
+
+    system.sandbox.set_clock(at(DAY, 10).timestamp())
+    state = path_touch(cohort=cohort, touch=1, as_of=at(DAY, 10), return_state=True)
+    assert state.is_completed() and "paused by ops - nothing sent" in state.message
+    sends = _frame(
+        engine,
+        sa.select(Send.target_id, Send.step, Send.status, Send.reason),
+        ["target_id", "step", "status", "reason"],
+    )
+    # Every treated member has its touch-1 row, final: skipped, with the reason ops read.
+    assert set(sends["target_id"]) == treated and len(sends) == len(treated)
+    assert (sends["status"] == "skipped").all() and (sends["reason"] == PAUSED_BY_OPS).all()
+    assert system.sandbox.stats()["calls"].get(MASS_API, 0) == 0
+    assert system.sandbox.mass_messages() == []
+    with Session(engine) as session:
+        queued = sa.select(sa.func.count()).select_from(OutboxEntry)
+        assert session.scalar(queued.where(OutboxEntry.plan == OUTBOX_PLAN)) == 0
+        done = session.scalar(
+            sa.select(TouchRun.status).where(TouchRun.cohort_id == cohort, TouchRun.touch == 1)
+        )
+    assert done == "done"
+    touch_artifact = Artifact.get(f"path-touch-{cohort}-1")
+    assert "Paused by ops" in touch_artifact.data
+    assert f"skipped:{PAUSED_BY_OPS}: {len(treated):,}" in touch_artifact.data
+
+    # Ops resume the path: the next touch goes out; touch 1 stays skipped (final), even forced.
+    books.path("payroll-wealth").paused = False
+    books.save("siyu", overwrite=True)
+    forced = path_touch(
+        cohort=cohort, touch=1, as_of=at(DAY, 10, 30), force=True, return_state=True
+    )
+    assert forced.is_completed()
+    assert system.sandbox.stats()["calls"].get(MASS_API, 0) == 0
+    thursday = DAY + dt.timedelta(days=2)
+    system.sandbox.set_clock(at(thursday, 10).timestamp())
+    resumed = path_touch(cohort=cohort, touch=2, as_of=at(thursday, 10), return_state=True)
+    assert resumed.is_completed()
+    second = _frame(
+        engine,
+        sa.select(Send.target_id, Send.status).where(Send.step == "touch-2"),
+        ["target_id", "status"],
+    )
+    assert set(second["target_id"]) == treated and (second["status"] == "created").all()
+    assert system.sandbox.stats()["calls"].get(MASS_API, 0) > 0
 
 
 # A month on the sandbox's clock costs minutes: it runs on SQLite; PostgreSQL's ledger, outbox and
@@ -293,6 +419,37 @@ def test_a_month_of_touches_against_the_sandbox(synced, scheduled) -> None:
         table = cohort_uplift(session)
     row = table[table["path"] == "payroll-wealth"].iloc[0]
     assert row.holdout_converted >= 1 and row.uplift_low <= row.uplift <= row.uplift_high
+
+    # The cohort's funnel: per touch who was in, who dropped and why, what the ledger did, and
+    # the conversions each touch earned; the cohort artifact shows the same table.
+    from prefect.artifacts import Artifact
+
+    from siyu.tasks.journeys import funnel_markdown, read_funnel
+
+    with Session(engine) as session:
+        cohort = session.scalar(
+            sa.select(Cohort.id).where(Cohort.path == "payroll-wealth", Cohort.cohort_day == DAY)
+        )
+        funnel = read_funnel(session, cohort, "path:payroll-wealth")
+    by_touch = funnel.set_index("touch")
+    assert by_touch["conversions"].to_dict() == {
+        "1": 3,
+        "2": 0,
+        "3": 3,
+        "4": 0,
+        "no touch delivered": 1,  # the holdout's
+    }
+    n = int((~members["holdout"]).sum())
+    columns = ["eligible", "dropped converted", "dropped unreachable"]
+    assert by_touch.loc["1", columns].tolist() == [n, 0, 0]
+    assert by_touch.loc["2", columns].tolist() == [n - 3, 3, 0]
+    assert by_touch.loc["3", columns].tolist() == [n - 4, 3, 1]
+    assert by_touch.loc["4", columns].tolist() == [n - 7, 7, 1]  # the holdout's conversion too
+    reached = delivered.groupby("step").size()
+    for touch in ("1", "2", "3", "4"):
+        assert by_touch.loc[touch, "delivered"] == reached.get(f"touch-{touch}", 0)
+        assert by_touch.loc[touch, "created"] >= by_touch.loc[touch, "delivered"] > 0
+    assert funnel_markdown(funnel) in Artifact.get(f"path-cohort-{cohort}").data
 
 
 def mask(customer: str) -> str:

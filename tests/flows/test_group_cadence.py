@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -17,6 +18,7 @@ from siyu.blocks.group_cadence import (
     ActivityLibrary,
     CadenceTemplate,
     EntriesSource,
+    GroupOverride,
     ProductCalendar,
     Promotion,
 )
@@ -30,12 +32,20 @@ from siyu.flows.group_cadence import (
     rewards_settle,
 )
 from siyu.sandbox.sample import SampleSpec, generate
-from siyu.schemas.cadence import GRANTED, PAID, Activity, ProductPlacement, RewardWin
+from siyu.schemas.cadence import (
+    GRANTED,
+    GROUP_WEEK,
+    PAID,
+    Activity,
+    ProductPlacement,
+    RewardWin,
+)
 from siyu.schemas.database import make_engine, upgrade
 from siyu.schemas.ledger import COUNTED_STATUSES, Send
 from siyu.schemas.settings import Settings
 from siyu.tasks.activities import run_winners
-from siyu.tasks.cadence import occurrences
+from siyu.tasks.cadence import PAUSED_BY_OPS, occurrences
+from siyu.tasks.rewards import mask_chat_id
 from tests.tasks.test_rewards import KILLER
 
 CHINA = ZoneInfo("Asia/Shanghai")
@@ -79,6 +89,52 @@ def cadence_system(prefect_server, sandbox, database_url, siyu_home, monkeypatch
         engine.dispose()
         ProductCalendar(promotions=[]).save(BLOCK_NAME, overwrite=True)
         CadenceTemplate().save(BLOCK_NAME, overwrite=True)
+        ActivityLibrary().save(BLOCK_NAME, overwrite=True)
+
+
+@pytest.fixture
+def siyu_events(prefect_server, monkeypatch):
+    """The siyu.* events this test emits, captured on their way to the Prefect test server.
+
+    Prefect's own test client records every event and passes it on to the server.
+    """
+    from prefect.events.clients import AssertingPassthroughEventsClient
+    from prefect.events.worker import EventsWorker
+
+    AssertingPassthroughEventsClient.reset()
+    worker = EventsWorker.instance(AssertingPassthroughEventsClient)
+    monkeypatch.setattr(EventsWorker, "instance", lambda *_: worker)
+
+    def read() -> list:
+        worker.wait_until_empty()
+        return [
+            event
+            for client in AssertingPassthroughEventsClient.all
+            for event in getattr(client, "events", [])
+            if event.event.startswith("siyu.")
+        ]
+
+    try:
+        yield read
+    finally:
+        worker.drain()
+        AssertingPassthroughEventsClient.reset()
+
+
+def follows_the_alert_contract(event) -> bool:
+    """What the ops-robot automations need: a siyu.* name, a one-line subject and next step."""
+    payload = event.payload
+    return (
+        event.event.startswith("siyu.")
+        and event.resource.id.startswith("siyu.group-cadence.")
+        and bool(payload.get("subject")) and "\n" not in payload["subject"]
+        and bool(payload.get("next_step")) and "\n" not in payload["next_step"]
+    )  # fmt: skip
+
+
+def chat_ids_of(sandbox) -> list[str]:
+    client = WeComClient(sandbox.api_base, sandbox.corp_id, sandbox.secret)
+    return sorted(ref.chat_id for ref in client.iter_group_chats())
 
 
 def entries_source() -> EntriesSource:
@@ -220,6 +276,11 @@ def test_four_weeks_of_the_default_template_over_20_groups(cadence_system, datab
                                           Send.status, Send.send_month)).all()  # fmt: skip
         wins = session.scalars(sa.select(RewardWin)).all()
         activities = session.scalars(sa.select(Activity)).all()
+        told = session.execute(
+            sa.select(Send.target_id, Send.step, Send.period, Send.planned_at).where(
+                Send.step.like("%-winners")
+            )
+        ).all()
         placements = session.execute(
             sa.select(ProductPlacement.chat_id, ProductPlacement.promotion_id)
         ).all()
@@ -246,6 +307,20 @@ def test_four_weeks_of_the_default_template_over_20_groups(cadence_system, datab
         )
         assert activity.announce_at - activity.asked_at == delay
         assert activity.announced_at >= activity.announce_at
+        # Each group was told its winners once, no earlier than the announcement time.
+        announced = [t for t in told if (t.step, t.period) == (f"{activity.slot}-winners",
+                                                               activity.week)]  # fmt: skip
+        assert sorted(t.target_id for t in announced) == sorted(activity.chat_ids["chat_ids"])
+        assert all(_aware(t.planned_at) >= _aware(activity.announce_at) for t in announced)
+        # Winners by the script's rule, recomputed here from the simulated entries.
+        for round_, question in enumerate(script.questions):
+            expected = expected_winners(activity, script, round_, question.answer)
+            got = {(w.chat_id, w.member) for w in wins
+                   if w.activity_key == activity.key and w.round == round_}  # fmt: skip
+            if script.winner_rule == "lottery":
+                assert got <= expected["correct"] and len(got) == expected["lottery_size"]
+            else:
+                assert got == expected["first"]
     per_activity_group = Counter((w.activity_key, w.chat_id, w.round) for w in wins)
     assert max(per_activity_group.values()) <= 5
     # Every winner paid exactly once, across the kill.
@@ -257,12 +332,51 @@ def test_four_weeks_of_the_default_template_over_20_groups(cadence_system, datab
     for w in wins:
         spent[(w.chat_id, w.week)] += w.amount_fen
     assert max(spent.values()) <= library.group_week_budget_fen
+    month_spent = Counter()
+    for w in wins:
+        month_spent[w.month] += w.amount_fen
+    assert max(month_spent.values()) <= library.programme_month_budget_fen
     # The group that stopped answering is found dying; the others are not.
     sandbox.set_clock((end - dt.timedelta(hours=12)).timestamp(), frozen=True)
     health = group_health(date=(end - dt.timedelta(days=1)).date(), return_state=True).result()
     assert health["messages"]  # groupchat/statistic per owner
     assert health["dying"] == [quiet_chat]
     assert GRANTED not in {w.status for w in wins}
+
+
+def _aware(at: dt.datetime) -> dt.datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)
+
+
+def expected_winners(activity, script, round_: int, key: str) -> dict:
+    """The test's own reading of one round's entries file: who should win by the script's rule.
+
+    A member's first answer inside the round's window counts (in the group answered first);
+    first_correct takes the earliest correct answers of each group, ties by member id; a
+    lottery draws among the correct answers of each group.
+    """
+    import pandas as pd
+
+    path = entries_source().path_for(activity.key, round_)
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    opens = _aware(activity.asked_at) + dt.timedelta(minutes=script.window_minutes * round_)
+    closes = opens + dt.timedelta(minutes=script.window_minutes)
+    frame = frame[(frame["time"] >= opens) & (frame["time"] <= closes)]
+    frame = frame[frame["chat_id"].isin(activity.chat_ids["chat_ids"])]
+    first = frame.sort_values(["time", "external_userid", "chat_id"]).drop_duplicates(
+        "external_userid"
+    )
+    correct = first[first["answer"].str.strip().str.lower() == key.strip().lower()]
+    ranked = correct.sort_values(["chat_id", "time", "external_userid"])
+    top = ranked.groupby("chat_id").head(script.winners_per_round)
+    return {
+        "first": set(zip(top["chat_id"], top["external_userid"], strict=True)),
+        "correct": set(zip(correct["chat_id"], correct["external_userid"], strict=True)),
+        "lottery_size": int(
+            correct.groupby("chat_id").size().clip(upper=script.winners_per_round).sum()
+        ),
+    }
 
 
 def test_next_weeks_slot_runs_are_scheduled_runs_each_carrying_its_slot(prefect_server):
@@ -320,3 +434,116 @@ def test_a_slot_run_by_hand_for_one_group_leaves_the_others_to_the_catch_up(cade
         activity = session.scalar(sa.select(Activity))
     assert len(steps) == len(set(steps)) == 20
     assert len(activity.chat_ids["chat_ids"]) == 20
+
+
+def test_over_budget_wins_and_a_week_past_80_percent_alert_ops_once(cadence_system, siyu_events):
+    sandbox, engine = cadence_system
+    # 5 winners of 5 yuan a group against a 20-yuan week: 4 paid (100 % of it), 1 unpaid.
+    ActivityLibrary(group_week_budget_fen=2_000).save(BLOCK_NAME, overwrite=True)
+    at = TUESDAY.replace(hour=20)
+    sandbox.set_clock(at.timestamp(), frozen=True)
+    slot = group_cadence(slot="tue-game", as_of=at, schedule_winners=False, return_state=True)
+    key = slot.result()["activity"]
+    answer(sandbox, engine, key)
+    announce = at + dt.timedelta(minutes=50)
+    won = activity_winners(activity=key, as_of=announce, return_state=True).result()
+    assert won["rewards"]["granted"] == 80 and won["rewards"]["over_budget"] == {GROUP_WEEK: 20}
+    activity_winners(activity=key, as_of=announce)  # a rerun alerts nothing more
+    events = siyu_events()
+    assert all(follows_the_alert_contract(e) for e in events)
+    over = [e for e in events if e.event == "siyu.rewards.over-budget"]
+    assert len(over) == 1
+    assert over[0].resource.id == f"siyu.group-cadence.activity.{key}"
+    assert over[0].payload["wins_over_budget"] == 20 and over[0].payload["week"] == "2026-W45"
+    assert over[0].payload["by_budget"] == {GROUP_WEEK: 20}
+    assert over[0].payload["unpaid_fen"] == 20 * 500
+    eighty = [e for e in events if e.event == "siyu.rewards.budget-80"]
+    assert len(eighty) == len({e.resource.id for e in eighty}) == 20  # once per group and week
+    assert {e.payload["scope"] for e in eighty} == {"group_week"}
+    assert {e.payload["group"] for e in eighty} == {mask_chat_id(c) for c in chat_ids_of(sandbox)}
+    # No member's id travels in an alert.
+    with Session(engine) as session:
+        members = set(session.scalars(sa.select(RewardWin.member)))
+    text = json.dumps([e.payload for e in events], ensure_ascii=False)
+    assert members and not any(m in text for m in members)
+
+
+def test_a_group_that_loses_members_is_dying_and_ops_are_alerted_once_a_day(
+    cadence_system, siyu_events
+):
+    sandbox, engine = cadence_system
+    day = WEDNESDAY.date()
+    group_health(date=day - dt.timedelta(days=7))  # last week's member counts
+    client = WeComClient(sandbox.api_base, sandbox.corp_id, sandbox.secret)
+    leaky = chat_ids_of(sandbox)[3]
+    group = client.get_group_chat(leaky)
+    members = [m.userid for m in group.member_list if m.type == 2]
+    gone = members[: len(members) // 3 + 1]  # a third left this week: over the 20 % bar
+    at = WEDNESDAY.replace(hour=8).timestamp()
+    sandbox.group_activity(
+        [{"chat_id": leaky, "kind": "leave", "userid": m, "at": at} for m in gone]
+    )
+    health = group_health(date=day, return_state=True).result()
+    assert health["dying"] == [leaky]
+    group_health(date=day)  # a rerun of the day alerts nothing more
+    dying = [e for e in siyu_events() if e.event == "siyu.groups.dying"]
+    assert len(dying) == 1 and follows_the_alert_contract(dying[0])
+    assert dying[0].resource.id == f"siyu.group-cadence.health.{day.isoformat()}"
+    payload = dying[0].payload
+    assert (payload["dying"], payload["groups"], payload["by_reason"]) == (1, 20, {"heavy_loss": 1})
+    assert payload["dying_groups"] == [
+        {"group": mask_chat_id(leaky), "name": group.name, "owner": group.owner,
+         "reason": "heavy_loss", "members": len(members) - len(gone)}
+    ]  # fmt: skip
+    assert not any(m in json.dumps(payload, ensure_ascii=False) for m in members)
+
+
+def test_a_template_with_group_tags_serves_only_the_groups_carrying_them(cadence_system):
+    sandbox, _ = cadence_system
+    chats = chat_ids_of(sandbox)
+    tagged = {"北区": chats[:3], "南区": chats[3:5], "旧群": ["wrNotAGroup*"]}
+    at = MONDAY.replace(hour=10)
+    CadenceTemplate(group_tags=["北区", "南区"], tagged_groups=tagged).save(
+        BLOCK_NAME, overwrite=True
+    )
+    report = group_cadence(slot="mon-post", as_of=at, dry_run=True, return_state=True).result()
+    assert report["groups"] == 5
+    CadenceTemplate(group_tags=["旧群"], tagged_groups=tagged).save(BLOCK_NAME, overwrite=True)
+    none = group_cadence(slot="mon-post", as_of=at, dry_run=True, return_state=True).result()
+    assert none["groups"] == 0
+
+
+def test_a_paused_group_gets_every_slot_recorded_skipped_and_nothing_else(cadence_system):
+    sandbox, engine = cadence_system
+    paused = chat_ids_of(sandbox)[0]
+    CadenceTemplate(overrides=[GroupOverride(chat_id=paused, paused=True)]).save(
+        BLOCK_NAME, overwrite=True
+    )
+    post_at, game_at = MONDAY.replace(hour=10), TUESDAY.replace(hour=20)
+    sandbox.set_clock(post_at.timestamp(), frozen=True)
+    post = group_cadence(slot="mon-post", as_of=post_at, return_state=True).result()
+    assert (post["groups"], post["paused"]) == (19, 1)
+    sandbox.set_clock(game_at.timestamp(), frozen=True)
+    game = group_cadence(
+        slot="tue-game", as_of=game_at, schedule_winners=False, return_state=True
+    ).result()
+    group_cadence(slot="mon-post", as_of=post_at)  # a rerun records nothing twice
+    with Session(engine) as session:
+        rows = session.execute(
+            sa.select(Send.step, Send.status, Send.reason).where(Send.target_id == paused)
+        ).all()
+        others = session.scalars(sa.select(Send.status).where(Send.target_id != paused)).all()
+        activity = session.scalar(sa.select(Activity).where(Activity.key == game["activity"]))
+        placed = session.scalars(
+            sa.select(ProductPlacement.chat_id).where(ProductPlacement.chat_id == paused)
+        ).all()
+    assert sorted(rows) == [
+        ("mon-post", "skipped", PAUSED_BY_OPS),
+        ("tue-game", "skipped", PAUSED_BY_OPS),
+    ]
+    assert len(others) == 2 * 19 and set(others) == {"delivered"}
+    assert paused not in activity.chat_ids["chat_ids"] and placed == []
+    # The catch-up counts the slot as run: nothing is sent to the paused group later.
+    done = cadence_due(until=game_at + dt.timedelta(minutes=1), since=post_at - dt.timedelta(minutes=1),
+                       return_state=True).result()  # fmt: skip
+    assert done["slots"] == []

@@ -11,7 +11,7 @@ from siyu.flows.contacts_sync import contacts_sync
 from siyu.flows.tag_sync import tag_sync
 from siyu.sandbox.export_files import write_export
 from siyu.schemas.models import Export, OutboxEntry, QuarantinedRow
-from tests.flows.conftest import DAY
+from tests.flows.conftest import DAY, SALT
 
 MANAGED_GROUPS = {"资产等级", "历史资产", "客户类别", "代发工资", "持有产品"}
 PRODUCTS = {
@@ -395,3 +395,106 @@ def test_the_report_counts_every_request_retries_included(system, monkeypatch):
     assert made >= len(pairs) + 6
     assert report["mark_tag_requests"] == made
     assert f"with {made:,} mark_tag requests" in state.message
+
+
+# -- what ops asked for (issue 15) ------------------------------------------------------------
+
+
+def _changed_export(system, name: str):
+    """Today's export with the first bound customers moved to a new tier: a day with changes."""
+    changed = system.export_frame()
+    movers = sorted(set(bound_pairs(system).values()))[:7]
+    rich = changed["customer_id"].isin(movers)
+    changed.loc[rich, ["aum", "aum_peak"]] = "2000000.00"
+    return write_export(changed, system.landing / name)
+
+
+def test_a_collapsed_binding_fails_the_sync_and_changes_nothing(system, monkeypatch):
+    contacts_sync()
+    first = run_tag_sync()
+    assert first.is_completed()
+    bound = first.result()["pairs_managed"]
+    contacts = bound + first.result()["pairs_unbound"] + first.result()["pairs_ambiguous"]
+    calls, tags_before = system.mark_tag_calls(), tags_by_pair(system)
+    with Session(system.engine()) as session:
+        entries = session.scalar(sa.select(sa.func.count()).select_from(OutboxEntry))
+    path = _changed_export(system, "core_export_20261124_v2.csv")
+    # A worker whose salt differs from the one contacts-sync hashed the remark mobiles with.
+    monkeypatch.setenv("SIYU_MOBILE_SALT", "another-workers-salt")
+
+    dry = run_tag_sync(export_file=str(path), dry_run=True)
+    assert dry.is_failed() and dry.message.startswith("dry run of ")
+    state = run_tag_sync(export_file=str(path))
+    assert state.is_failed()
+    assert (
+        f"bound 0 of {contacts:,} contacts (last sync, {DAY.isoformat()}: {bound:,}): the mobile "
+        "salt or the export's mobile column changed? nothing was changed"
+    ) in state.message
+    assert path.name in state.message and "rerun tag-sync" in state.message
+    assert system.mark_tag_calls() == calls and tags_by_pair(system) == tags_before
+    with Session(system.engine()) as session:
+        statuses = session.scalars(sa.select(Export.status).order_by(Export.id)).all()
+        assert session.scalar(sa.select(sa.func.count()).select_from(OutboxEntry)) == entries
+    assert statuses == ["synced", "blocked"]  # the export was not marked synced
+
+    # The right salt again: the same file syncs, with its changes.
+    monkeypatch.setenv("SIYU_MOBILE_SALT", SALT)
+    again = run_tag_sync(export_file=str(path))
+    assert again.is_completed(), again.message
+    assert 0 < system.mark_tag_calls() - calls <= 7 * 2
+
+
+def test_a_dry_run_is_named_and_tagged_as_one_in_the_runs_list(system):
+    import asyncio
+
+    contacts_sync()
+    dry = run_tag_sync(dry_run=True)
+    real = run_tag_sync()
+
+    async def read(flow_run_id):
+        async with get_client() as client:
+            return await client.read_flow_run(flow_run_id)
+
+    dry_run = asyncio.run(read(dry.state_details.flow_run_id))
+    real_run = asyncio.run(read(real.state_details.flow_run_id))
+    assert dry_run.name.endswith(" · dry run") and "dry-run" in dry_run.tags
+    assert not real_run.name.endswith("dry run") and "dry-run" not in real_run.tags
+
+
+def test_quarantined_rows_go_to_a_private_file_named_not_shown_in_the_report(system):
+    import asyncio
+    import stat
+
+    contacts_sync()
+    export = system.export_frame()
+    export.loc[:1, "mobile"] = "12345"
+    write_export(export, system.export_path)
+    state = run_tag_sync()
+    assert state.is_completed(), state.message
+    with Session(system.engine()) as session:
+        checksum = session.scalars(sa.select(Export.checksum)).one()
+    relative = f"quarantine/{DAY.isoformat()}-{checksum[:8]}.csv"
+    assert state.result()["quarantine_file"] == relative
+    path = system.home / "reports" / relative
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    rows = pd.read_csv(path, dtype=str)
+    assert list(rows.columns) == ["row_number", "customer_id", "reasons"]
+    assert sorted(rows["customer_id"]) == sorted(export["customer_id"][:2])
+    assert set(rows["reasons"]) == {"mobile_format"} and list(rows["row_number"]) == ["1", "2"]
+    artifacts, _ = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
+    gate = next(a for a in artifacts if a.key == "export-quality-gate").data
+    report = next(a for a in artifacts if a.key == "tag-sync-report").data
+    assert relative in gate and relative in report
+    assert not any(c in gate + report for c in export["customer_id"][:2])
+
+
+def test_the_push_logs_its_counts_as_it_goes(system):
+    import asyncio
+
+    contacts_sync()
+    state = run_tag_sync()
+    total = state.result()["calls_planned"]
+    _, logs = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
+    progress = [log.message for log in logs if " settled (" in log.message]
+    assert len(progress) >= 5  # about every 10 %
+    assert all(f" of {total:,} settled" in line for line in progress)

@@ -18,8 +18,10 @@ from siyu.tasks.contacts import (
     NO_RELATION,
     ContactPull,
     ContactsStored,
+    bind_new_contacts,
     pull_contacts,
     store_contacts,
+    store_pull,
 )
 from siyu.tasks.outbox import drain, enqueue
 from siyu.tasks.tag_push import TAG_SYNC_PLAN, Catalog, apply_mark_tag, plan_mark_tag_calls
@@ -263,3 +265,51 @@ def test_a_pull_knows_when_it_began(engine):
     stored = store_contacts(engine, pulled)
     assert (stored.pairs, stored.pairs_with_mobile, stored.employees) == (1, 1, 1)
     assert rows(engine, SyncedTag, "tag_id") == {("et1",)}
+
+
+def fresh(stored) -> set[tuple[str, str]]:
+    return set(stored.fresh_pairs.itertuples(index=False, name=None))
+
+
+def test_a_pull_names_the_pairs_new_to_us_or_with_a_new_remark_mobile(engine):
+    first = store_pull(engine, pull([("u1", "wm1"), ("u1", "wm2")], mobiles=[("u1", "wm1", "h1")]))
+    assert fresh(first) == {("u1", "wm1"), ("u1", "wm2")}
+    # The manager types wm2's mobile into its remark; wm3 adds u2; wm1 is as it was.
+    second = store_pull(
+        engine,
+        pull(
+            [("u1", "wm1"), ("u1", "wm2"), ("u2", "wm3")],
+            mobiles=[("u1", "wm1", "h1"), ("u1", "wm2", "h2")],
+        ),
+    )
+    assert fresh(second) == {("u1", "wm2"), ("u2", "wm3")}
+    assert (second.counts.new_pairs, second.counts.pairs_with_mobile) == (1, 2)
+    again = store_pull(
+        engine,
+        pull(
+            [("u1", "wm1"), ("u1", "wm2"), ("u2", "wm3")],
+            mobiles=[("u1", "wm1", "h1"), ("u1", "wm2", "h2")],
+        ),
+    )
+    assert fresh(again) == set()
+
+
+def test_no_accepted_export_binds_nobody_and_says_tag_sync_will(engine):
+    listed = pull([("u1", "wm1")], mobiles=[("u1", "wm1", "h1")])
+    stored = store_pull(engine, listed)
+    source = SimpleNamespace()  # never read: there is no export to read
+    bound = bind_new_contacts(engine, source, stored.fresh_pairs, listed.mobiles, T0.date())
+    assert (bound.candidates, bound.pairs, bound.customers) == (1, 0, [])
+    assert "no accepted export yet" in bound.problem
+    assert contacts(engine)[("u1", "wm1")].customer_id is None
+
+
+def test_a_pair_already_bound_is_never_bound_again(engine):
+    listed = pull([("u1", "wm1")], mobiles=[("u1", "wm1", "h1")])
+    stored = store_pull(engine, listed)
+    bind(engine, ("u1", "wm1"), "C000001")
+    bound = bind_new_contacts(
+        engine, SimpleNamespace(), stored.fresh_pairs, listed.mobiles, T0.date()
+    )
+    assert (bound.candidates, bound.pairs, bound.customers, bound.problem) == (0, 0, [], None)
+    assert contacts(engine)[("u1", "wm1")].customer_id == "C000001"

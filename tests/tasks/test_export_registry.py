@@ -127,3 +127,85 @@ def test_the_sync_report_joins_what_the_gate_kept_in_the_record(engine):
     with Session(engine) as session:
         report = session.get(Export, record.id).report
     assert report == {"gate_profile": {"rows": 400}, "pairs_changed": 3}
+
+
+def test_the_quarantine_file_holds_line_id_and_reasons_only_and_is_private(tmp_path):
+    import stat
+
+    from siyu.tasks.export_registry import write_quarantine_file
+
+    quarantined = pd.DataFrame(
+        {
+            "row_number": [0, 41],
+            "customer_id": ["C00000001", None],
+            "reasons": ["mobile_format", "customer_id_present,aum_non_negative"],
+        }
+    )
+    path = write_quarantine_file(quarantined, tmp_path / "reports", DAY, "ab12cd34" + "0" * 56)
+    assert path == tmp_path / "reports" / "quarantine" / "2026-11-24-ab12cd34.csv"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert path.read_text().splitlines() == [
+        "row_number,customer_id,reasons",
+        "1,C00000001,mobile_format",
+        '42,,"customer_id_present,aum_non_negative"',
+    ]
+    assert write_quarantine_file(NO_ROWS, tmp_path / "reports", DAY, "f" * 64) is None
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no part file left
+
+
+def test_a_refused_export_is_blocked_and_its_rerun_is_a_new_attempt(engine):
+    from siyu.tasks.export_registry import blocked_since_last_sync, mark_refused
+
+    first = register_export(engine, FILE, "c" * 64, None)
+    verdict(engine, first.id, passed=True)
+    mark_refused(engine, first.id, "bound 0 of 20 contacts")
+    assert status(engine, first.id) == BLOCKED
+    again = register_export(engine, FILE, "c" * 64, None)
+    assert again.id != first.id and again.status == RECEIVED
+    assert blocked_since_last_sync(engine, again.id + 1) == [FILE.name]
+
+
+def test_the_last_synced_binding_comes_from_the_last_synced_report(engine):
+    from siyu.tasks.export_registry import last_synced_binding
+
+    first = register_export(engine, FILE, "d" * 64, None)
+    assert last_synced_binding(engine, first.id + 1) is None  # nothing synced yet
+    verdict(engine, first.id, passed=True)
+    mark_accepted(engine, first.id)
+    mark_synced(engine, first.id, {"pairs_managed": 180, "pairs_unbound": 15, "pairs_ambiguous": 5})
+    later = register_export(engine, Path("next.csv"), "e" * 64, None)
+    last = last_synced_binding(engine, later.id)
+    assert (last.bound, last.contacts, last.export_date) == (180, 200, DAY.isoformat())
+    assert last_synced_binding(engine, first.id) is None  # only exports before this one
+
+
+def test_the_sync_history_lists_gated_exports_of_the_window_newest_first(engine):
+    from datetime import timedelta
+
+    from siyu.tasks.export_registry import sync_history
+
+    ids = []
+    for offset, passed in [(0, True), (1, False), (40, True)]:
+        record = register_export(engine, Path(f"f{offset}.csv"), f"{offset:064d}", None)
+        record_verdict(
+            engine,
+            record.id,
+            passed=passed,
+            export_date=DAY - timedelta(days=offset),
+            row_count=400,
+            checks_total=15,
+            checks_failed=0 if passed else 2,
+            rows_accepted=400,
+            quarantined=NO_ROWS,
+            message="",
+        )
+        ids.append(record.id)
+    mark_synced(engine, ids[0], {"pairs_changed": 7, "gate_profile": {"x": 1}})
+    register_export(engine, Path("unread.csv"), "9" * 64, None)  # received, never gated
+    history = sync_history(engine, DAY - timedelta(days=27), DAY)
+    assert [(h.file_name, h.status, h.checks_failed) for h in history] == [
+        ("f0.csv", SYNCED, 0),
+        ("f1.csv", BLOCKED, 2),
+    ]
+    assert history[0].report == {"pairs_changed": 7}  # counts only, not the gate's profile

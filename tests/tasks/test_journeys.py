@@ -278,3 +278,117 @@ def test_uplift_has_a_95_percent_interval_around_the_difference() -> None:
     assert row.uplift_low < 0.10 < row.uplift_high
     assert row.uplift_low > 0  # 20 % against 10 % on these counts is clear of zero
     assert difference_interval(1, 1, 0, 0) is None
+
+
+def test_the_funnel_counts_each_touch_and_the_conversions_it_earned() -> None:
+    from siyu.tasks.journeys import FUNNEL_COLUMNS, funnel_markdown, touch_funnel
+
+    reports = {
+        1: {
+            "eligible": 5,
+            "dropped": {"converted": 0, "unreachable": 0, "left": 0},
+            "holdout": 1,
+            "plan": {"fits": 4, "deferred": 0, "skipped": 1, "skipped:month_cap": 1},
+        },
+        2: {
+            "eligible": 3,
+            "dropped": {"converted": 1, "unreachable": 1, "left": 0},
+            "holdout": 1,
+            "plan": {"fits": 2, "deferred": 1, "deferred:day_cap": 1},
+        },
+    }
+    t = pd.Timestamp("2026-12-01T02:00Z")
+    sends = pd.DataFrame(
+        [
+            ("touch-1", "delivered", None, t, None),  # the result came before the confirmation
+            ("touch-1", "delivered", None, t, t),
+            ("touch-1", "confirmed", None, t, t),
+            ("touch-1", "failed", "expired", t, None),
+            ("touch-1", "skipped", "month_cap", None, None),
+            ("touch-2", "created", None, t, None),
+            ("touch-2", "delivered", None, t, t),
+            ("touch-2", "deferred", "day_cap", None, None),
+        ],
+        columns=["step", "status", "reason", "created_at", "confirmed_at"],
+    )
+    attributed = pd.Series([1, 1, 2, None], dtype="Float64")
+    funnel = touch_funnel(reports, sends, attributed).set_index("touch")
+    assert list(funnel.reset_index().columns) == FUNNEL_COLUMNS
+    one, two, three = funnel.loc["1"], funnel.loc["2"], funnel.loc["3"]
+    assert (one["eligible"], one["holdout"], one["planned"]) == (5, 1, 4)
+    assert (one["created"], one["confirmed"], one["delivered"]) == (4, 3, 2)
+    assert one["skipped"] == "1 (month_cap 1)"
+    assert one["failed"] == "1 (expired 1)"
+    assert one["conversions"] == 2
+    assert (two["dropped converted"], two["dropped unreachable"]) == (1, 1)
+    assert (two["created"], two["confirmed"], two["delivered"]) == (2, 1, 1)
+    assert two["deferred"] == "1 (day_cap 1)"
+    assert two["conversions"] == 1
+    # A touch that has not run shows no eligibility, and nothing in the ledger.
+    assert pd.isna(three["eligible"]) and three["delivered"] == 0 and three["conversions"] == 0
+    assert funnel.loc["no touch delivered", "conversions"] == 1
+    table = funnel_markdown(funnel.reset_index())
+    assert "| 1 | 5 | 0 | 0 | 0 | 1 | 4 |" in table
+    assert "| 3 | – |" in table
+
+
+def test_a_paused_plan_skips_what_would_go_and_keeps_the_planners_own_skips() -> None:
+    from siyu.schemas.ledger import SKIPPED
+    from siyu.tasks.journeys import PAUSED_BY_OPS, paused_plan
+    from siyu.tasks.quota import LedgerCounts, plan_sends
+
+    rules = SendRules()
+    as_of = dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZONE)
+    wanted = pd.DataFrame(
+        {
+            "target_kind": "customer",
+            "target_id": ["wm1", "wm2", "wm3"],
+            "sender": "m1",
+            "channel": "mass_template",
+            "programme": "path:payroll-wealth",
+            "step": "touch-1",
+            "period": "2026-12-01",
+            # wm3's touch is wanted tomorrow: deferred, not due.
+            "wanted_at": [pd.Timestamp(as_of)] * 2 + [pd.Timestamp(as_of + dt.timedelta(days=1))],
+        }
+    )
+    existing = pd.DataFrame(
+        [("customer", "wm2", "path:payroll-wealth", "touch-1", "2026-12-01", 7, "delivered")],
+        columns=["target_kind", "target_id", "programme", "step", "period", "ledger_id", "status"],
+    )
+    counts = LedgerCounts(
+        month=LedgerCounts.empty().month, day=LedgerCounts.empty().day, existing=existing
+    )
+    plan = plan_sends(wanted, rules, as_of, counts)
+    assert len(plan.fits) == 1 and len(plan.deferred) == 1
+    paused = paused_plan(plan)
+    assert paused.fits.empty and paused.deferred.empty
+    reasons = paused.skipped.set_index("target_id")["reason"].to_dict()
+    assert reasons == {"wm1": PAUSED_BY_OPS, "wm2": "already_planned", "wm3": PAUSED_BY_OPS}
+    assert (paused.skipped["status"] == SKIPPED).all()
+    assert paused.summary()["skipped:" + PAUSED_BY_OPS] == 2
+
+
+def test_members_dropped_earlier_count_by_their_reason_not_as_closed() -> None:
+    members = pd.DataFrame(
+        {
+            "enrollment_id": [1, 2, 3, 4],
+            "customer_id": ["C1", "C2", "C3", "C4"],
+            "userid": "m1",
+            "external_userid": ["w1", "w2", "w3", "w4"],
+            "holdout": False,
+            "status": ["active", "dropped", "dropped", "expired"],
+            "exit_reason": [None, "unreachable", "left", "expired"],
+        }
+    )
+    contacts = pd.DataFrame(
+        {
+            "userid": "m1",
+            "external_userid": ["w1", "w2", "w3", "w4"],
+            "reachable": [True, False, True, True],
+            "left_at": [None, None, None, None],
+        }
+    )
+    split = split_eligible(members, contacts, pd.Series(["C1", "C2", "C4"]))
+    assert split.eligible["customer_id"].tolist() == ["C1"]
+    assert split.dropped == {"converted": 0, "closed": 1, "unreachable": 1, "left": 1}

@@ -126,3 +126,71 @@ def test_gate_markdown_lists_failures_first_with_masked_samples():
     fail = next(i for i, line in enumerate(lines) if "aum_not_negative" in line)
     ok = next(i for i, line in enumerate(lines) if "`columns`" in line)
     assert fail < ok and "C****0042" in lines[fail] and "**FAIL**" in lines[fail]
+
+
+def test_the_quarantine_file_is_named_by_its_path_in_both_reports():
+    path = "quarantine/2026-11-24-ab12cd34.csv"
+    gate = gate_markdown("Quality gate: x.csv", [], True, "passed", None, quarantine_file=path)
+    assert f"`{path}`" in gate and "customer id" in gate
+    blocked = summary(outcome=BLOCKED, checks_total=15, checks_failed=1, rows_read=400)
+    blocked.quarantine_file = path
+    assert f"`{path}`" in sync_markdown(blocked)
+
+
+def test_a_refused_binding_shows_the_binding_it_refused():
+    s = summary(outcome=BLOCKED, checks_total=15, rows_read=400, pairs_unbound=200)
+    s.message = "bound 0 of 200 contacts (yesterday 180)"
+    report = sync_markdown(s)
+    assert "| contact pairs left as they are (no customer in this export) | 200 |" in report
+    assert "mark_tag requests" not in report
+
+
+def _record(day, status="synced", *, checks_failed=0, tiers=None, changed=0, name=None):
+    from siyu.tasks.export_registry import HistoryRecord
+
+    tag_counts = [["资产等级", t, 0, n] for t, n in (tiers or {}).items()]
+    tag_counts.append(["代发工资", "代发工资客户", 0, 9])
+    report = (
+        {
+            "pairs_managed": 180,
+            "pairs_unbound": 20,
+            "pairs_changed": changed,
+            "tag_counts": tag_counts,
+        }
+        if status == "synced"
+        else {}
+    )
+    return HistoryRecord(
+        export_id=day.toordinal(),
+        export_date=day,
+        file_name=name or f"core_export_{day:%Y%m%d}.csv",
+        status=status,
+        checks_total=15,
+        checks_failed=checks_failed,
+        report=report,
+    )
+
+
+def test_the_history_has_a_row_per_export_with_tiers_week_over_week():
+    from datetime import date
+
+    from siyu.tasks.reports import history_table
+
+    records = [
+        _record(date(2026, 11, 24), tiers={"资产5万以下": 120, "资产100万以上": 8}, changed=12),
+        _record(date(2026, 11, 23), "blocked", checks_failed=3),
+        _record(date(2026, 11, 22), "blocked"),  # passed the gate, binding refused
+        _record(date(2026, 11, 17), tiers={"资产5万以下": 110, "资产100万以上": 9}, changed=200),
+    ]
+    table = history_table(records)
+    assert [r["day"] for r in table] == ["2026-11-24", "2026-11-23", "2026-11-22", "2026-11-17"]
+    today = table[0]
+    assert today["verdict"] == "synced"
+    assert today["pairs changed"] == "12" and today["contacts bound"] == "180 of 200"
+    assert today["资产5万以下"] == "120 (+10 w/w)" and today["资产100万以上"] == "8 (-1 w/w)"
+    assert "代发工资客户" not in today  # tiers are the first managed group's tags only
+    assert table[1]["verdict"] == "blocked: 3 of 15 checks failed"
+    assert table[2]["verdict"] == "blocked: contacts bound collapsed"
+    assert table[1]["资产5万以下"] == "" and table[1]["pairs changed"] == ""
+    assert table[3]["资产5万以下"] == "110"  # nothing a week before it
+    assert history_table([]) == []

@@ -21,8 +21,9 @@ from siyu.blocks.send_rules import SendRules
 from siyu.blocks.wecom import WeComClient
 from siyu.blocks.wecom_pay import PayClient
 from siyu.schemas.cadence import GRANTED, GROUP_WEEK, OVER_BUDGET, PAID, PROGRAMME_MONTH, RewardWin
+from siyu.schemas.models import OutboxEntry
 from siyu.tasks.activities import choose_winners, members_frame, run_winners
-from siyu.tasks.cadence import open_activity
+from siyu.tasks.cadence import ALERT_BATCH, open_activity
 from siyu.tasks.rewards import bill_number, budget_check, grant_wins, settle_rewards
 from tests.fixtures.sandbox import SEED_CHAT_IDS
 
@@ -295,3 +296,72 @@ def test_the_join_hook_run_pays_new_members_who_played_and_no_one_else(
     )
     assert paid.paid == 1
     assert [p["external_userid"] for p in sandbox.payouts()] == [newcomers[0]]
+
+
+def _alerts(engine) -> dict[str, dict]:
+    with Session(engine) as session:
+        rows = session.execute(
+            sa.select(OutboxEntry.key, OutboxEntry.payload).where(OutboxEntry.batch == ALERT_BATCH)
+        ).all()
+    return dict(rows)
+
+
+def test_over_budget_and_80_percent_of_a_budget_are_alerted_once_with_the_grant(engine):
+    library = ActivityLibrary(group_week_budget_fen=1_000, programme_month_budget_fen=2_400)
+    script = library.script("quiz")  # 5 yuan a winner
+    with Session(engine) as session, session.begin():
+        # wrA: 2 wins paid (100 % of its week), 1 over; wrB: 1 win (50 %): 1,500 fen of 2,400.
+        first = grant_wins(session, pd.concat([winners_of("wrA", ["wm1", "wm2", "wm3"]),
+                                               winners_of("wrB", ["wm4"])]),
+                           script, library, SendRules(), activity_key="k:1", won_at=MONDAY)  # fmt: skip
+    assert first.alerts == 2
+    alerts = _alerts(engine)
+    assert sorted(alerts) == ["alert:budget-80:group:wrA:2026-W51", "alert:over-budget:k:1"]
+    over = alerts["alert:over-budget:k:1"]
+    assert over["event"] == "siyu.rewards.over-budget"
+    assert over["resource"] == "siyu.group-cadence.activity.k:1"
+    assert over["body"]["wins_over_budget"] == 1 and over["body"]["by_budget"] == {GROUP_WEEK: 1}
+    assert over["body"]["subject"] and over["body"]["next_step"]
+    with Session(engine) as session, session.begin():
+        # A rerun alerts nothing; wrB's second win takes the month past 80 % (2,000 of 2,400).
+        grant_wins(session, winners_of("wrA", ["wm1", "wm2", "wm3"]), script, library,
+                   SendRules(), activity_key="k:1", won_at=MONDAY)  # fmt: skip
+        grant_wins(session, winners_of("wrB", ["wm5"]), script, library, SendRules(),
+                   activity_key="k:2", won_at=MONDAY)  # fmt: skip
+    alerts = _alerts(engine)
+    assert sorted(alerts) == [
+        "alert:budget-80:group:wrA:2026-W51", "alert:budget-80:group:wrB:2026-W51",
+        "alert:budget-80:month:2026-12", "alert:over-budget:k:1",
+    ]  # fmt: skip
+    month = alerts["alert:budget-80:month:2026-12"]["body"]
+    assert (month["spent_fen"], month["budget_fen"], month["scope"]) == (
+        2_000,
+        2_400,
+        "programme_month",
+    )
+    text = str(alerts)
+    assert not any(m in text for m in ("wm1", "wm2", "wm3", "wm4", "wm5"))
+
+
+def test_a_once_per_member_script_is_won_once_whichever_day_and_its_pay_day_follows_the_play(
+    engine,
+):
+    library = ActivityLibrary()
+    hook = library.script("join-hook")
+    played = pd.Timestamp(MONDAY.replace(hour=11))
+    monday = winners_of("wrA", ["wm1", "wm2"]).assign(answered_at=played)
+    rules = SendRules(holidays=[dt.date(2026, 12, 16)])
+    drawn_tuesday = MONDAY + dt.timedelta(days=1)  # the day's hook is drawn the morning after
+    with Session(engine) as session, session.begin():
+        first = grant_wins(session, monday, hook, library, rules, activity_key="hook:d1",
+                           won_at=drawn_tuesday)  # fmt: skip
+    tuesday = winners_of("wrA", ["wm1", "wm3"]).assign(answered_at=played + pd.Timedelta("1D"))
+    with Session(engine) as session, session.begin():
+        second = grant_wins(session, tuesday, hook, library, rules, activity_key="hook:d2",
+                            won_at=drawn_tuesday + dt.timedelta(days=1))  # fmt: skip
+    assert (first.granted, second.granted, second.once_only) == (2, 1, 1)
+    with Session(engine) as session:
+        due = dict(session.execute(sa.select(RewardWin.member, RewardWin.pay_due)).tuples().all())
+    # Monday's plays: five working days with Wednesday off end Tuesday 22; Tuesday's: Wednesday 23.
+    assert due == {"wm1": dt.date(2026, 12, 22), "wm2": dt.date(2026, 12, 22),
+                   "wm3": dt.date(2026, 12, 23)}  # fmt: skip

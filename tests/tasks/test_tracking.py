@@ -123,3 +123,26 @@ def test_siyu_sends_track_takes_an_iso_time_read_in_beijing_time() -> None:
     assert args.handler is cmd_sends_track
     assert args.at == dt.datetime(2026, 12, 1, 10, 0, tzinfo=ZONE)
     assert build_parser().parse_args(["sends", "track"]).at is None
+
+
+def test_a_message_unconfirmed_for_24h_tells_ops_once(
+    engine, wecom, sandbox, prefect_server
+) -> None:
+    from siyu.tasks.tracking import UNCONFIRMED_EVENT
+    from tests.tasks.test_ops_alerts import wait_for_events
+
+    since = dt.datetime.now(dt.UTC)
+    sandbox.config(employee_confirm={"mgr001": "never"})
+    send(engine, wecom, wanted(MGR001[:2]), as_of=at(sandbox, TUESDAY_10))
+    assert track(engine, wecom, at(sandbox, TUESDAY_10 + 23 * HOUR)).unconfirmed_alerts == 0
+    assert track(engine, wecom, at(sandbox, TUESDAY_10 + 25 * HOUR)).unconfirmed_alerts == 1
+    assert track(engine, wecom, at(sandbox, TUESDAY_10 + 26 * HOUR)).unconfirmed_alerts == 0
+
+    (msgid,) = {m["msgid"] for m in sandbox.mass_messages()}
+    events = [
+        e for e in wait_for_events(UNCONFIRMED_EVENT, since, 1) if msgid in e.payload["subject"]
+    ]
+    assert len(events) == 1
+    assert "mgr001" in events[0].payload["subject"]
+    assert "message-cancel" in events[0].payload["next_step"]
+    assert events[0].payload["key"] == f"{UNCONFIRMED_EVENT}:{msgid}:mgr001"

@@ -141,3 +141,25 @@ def test_add_working_days_counts_bank_days() -> None:
     assert add_working_days(dt.date(2026, 10, 1), 0, RULES) == dt.date(2026, 10, 1)
     # "paid five working days later": 2026-11-27 (Fri) -> 2026-12-04 (Fri)
     assert add_working_days(dt.date(2026, 11, 27), 5, RULES) == dt.date(2026, 12, 4)
+
+
+def test_an_unknown_date_tells_ops_once_a_day(prefect_server) -> None:
+    from siyu.tasks import working_days
+    from tests.tasks.test_ops_alerts import wait_for_events
+
+    since = dt.datetime.now(dt.UTC)
+    day, sentinel = dt.date(2029, 3, 5), dt.date(2029, 3, 6)
+    working_days._told.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalendarWarning)
+        for _ in range(50):  # a planner looks a date up again and again
+            is_working_day(day, RULES)
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
+    assert working_days.tell_ops_unknown(day, today=tomorrow) is True  # a new day: told again
+    assert working_days.tell_ops_unknown(sentinel) is True
+
+    events = wait_for_events(working_days.UNKNOWN_DATE_EVENT, since, 3)
+    assert any(sentinel.isoformat() in e.payload["subject"] for e in events)
+    told = [e for e in events if e.payload["subject"].startswith(day.isoformat())]
+    assert len(told) == 2 and len({e.payload["key"] for e in told}) == 2
+    assert "known_until" in told[0].payload["next_step"]

@@ -36,12 +36,14 @@ def test_ensure_makes_one_rate_limit_per_api_and_updates_it(prefect_server, sand
     assert set(made) == {limit_name(api) for api in declared_calls()}
     assert made[limit_name("webhook/send")] == 20
     mark_tag = _limit("wecom-externalcontact-mark_tag")
-    assert mark_tag.limit == 500  # the bucket's burst: 5 % of 10,000 a minute
-    assert mark_tag.slot_decay_per_second == pytest.approx(9_500 / 60)  # the rest, per second
-    assert _limit("wecom-webhook-send").limit == 1
+    # In hundredths of a call: 200 calls held (a fiftieth of 10,000 a minute)...
+    assert mark_tag.limit == 20_000
+    # ...and the rest of the minute given back over 62 s (a claimed call may wait 2 s to land).
+    assert mark_tag.slot_decay_per_second == pytest.approx(9_800 / 62 * 100)
+    assert _limit("wecom-webhook-send").limit == 200  # 2 of its 20 calls a minute
 
     ensure_rate_limits(_app(sandbox, rate_limit_per_minute=2_000))  # again, other limits
-    assert _limit("wecom-externalcontact-mark_tag").limit == 100
+    assert _limit("wecom-externalcontact-mark_tag").limit == 4_000
 
 
 def test_calls_through_the_prefect_pacer_are_paced(prefect_server, sandbox, seed_dir) -> None:
@@ -53,6 +55,7 @@ def test_calls_through_the_prefect_pacer_are_paced(prefect_server, sandbox, seed
         RateLimits(app.rate_limit_per_minute, dict(app.api_rate_limits)),
         timeout_seconds=2,
         registry={},
+        reservoirs={},
     )
     with app.get_client() as first, app.get_client() as second:
         first._pacer = second._pacer = pacer  # the block's pacer, with a timeout for the test
@@ -66,7 +69,7 @@ def test_calls_through_the_prefect_pacer_are_paced(prefect_server, sandbox, seed
 
 
 def test_a_missing_limit_is_an_error_not_an_unpaced_run(prefect_server) -> None:
-    pacer = PrefectPacer("scope", RateLimits(), registry={})
+    pacer = PrefectPacer("scope", RateLimits(), registry={}, reservoirs={})
     with pytest.raises(WeComConfigError, match="ensure_rate_limits"):
         pacer.acquire("externalcontact/nobody_made_this_limit")
 
