@@ -99,6 +99,7 @@ def run_up(options: UpOptions) -> int:
 
         # Built before the announcement, so a flow that fails to import stops start-up here.
         served = deployments()
+        _listen_for_alerts_now(served)
         _announce(prefect_url, sandbox_url, home, options.browser_hint)
         serve_all(served)
         return 0
@@ -124,6 +125,23 @@ def run_up(options: UpOptions) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, previous_sigterm)
         print("siyu stopped", flush=True)
+
+
+def _listen_for_alerts_now(served: list[Any]) -> None:
+    """One ops-alerts run at once: its schedule's first run may be minutes away.
+
+    The alert flow listens for most of its five minutes; from start-up on, a failure reaches
+    the ops robot within seconds, not at the first five-minute mark.
+    """
+    from prefect.client.orchestration import get_client
+
+    from siyu.deployments.alerts import ALERT_FLOW
+
+    for runner in served:
+        if runner.flow_name == ALERT_FLOW:
+            deployment_id = runner.apply()
+            with get_client(sync_client=True) as client:
+                client.create_flow_run_from_deployment(deployment_id)
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:

@@ -58,6 +58,7 @@ from siyu.tasks.journeys import (
     touch_due_times,
     uplift_markdown,
 )
+from siyu.tasks.reports import dry_run_aware_name, tag_as_dry_run
 
 ZONE = ZoneInfo("Asia/Shanghai")
 TOUCH_DEPLOYMENT = "path-touch/cohort-touch"
@@ -341,7 +342,8 @@ def _table_markdown(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *rows])
 
 
-@flow(name="path-enroll", persist_result=False, log_prints=False)
+# A dry run is named "... · dry run" and tagged dry-run: the Runs list tells it apart.
+@flow(name="path-enroll", flow_run_name=dry_run_aware_name, persist_result=False, log_prints=False)
 def path_enroll(
     as_of: dt.datetime | None = None,
     dry_run: bool = False,
@@ -357,6 +359,8 @@ def path_enroll(
             what contacts-sync starts when it binds new contacts, so their first touch comes
             right after they added their manager.
     """
+    if dry_run:
+        tag_as_dry_run()
     now = _as_of(as_of)
     env = load_environment()
     playbooks = load_playbooks()

@@ -39,6 +39,7 @@ from siyu.tasks.cadence import (
 )
 from siyu.tasks.group_health import check_health as _check_health
 from siyu.tasks.group_health import message_activity
+from siyu.tasks.reports import dry_run_aware_name, tag_as_dry_run
 from siyu.tasks.rewards import settle_rewards as _settle_rewards
 
 ZONE = ZoneInfo("Asia/Shanghai")
@@ -165,7 +166,8 @@ def _slot_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-@flow(name="group-cadence", persist_result=False)
+# A dry run is named "... · dry run" and tagged dry-run: the Runs list tells it apart.
+@flow(name="group-cadence", flow_run_name=dry_run_aware_name, persist_result=False)
 def group_cadence(
     slot: str,
     as_of: dt.datetime | None = None,
@@ -182,6 +184,8 @@ def group_cadence(
         dry_run: Plan and report, send and record nothing.
         schedule_winners: For a game, schedule its winners run at the announcement time.
     """
+    if dry_run:
+        tag_as_dry_run()
     now = _as_of(as_of)
     playbooks = Playbooks(load_environment())
     report = serve_slot(playbooks, slot, now, chat_ids or None, dry_run)

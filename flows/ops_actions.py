@@ -27,13 +27,10 @@ from siyu.flows.conversion_path import path_touch
 from siyu.flows.sends_track import sends_track
 from siyu.schemas.cadence import FAILED as WIN_FAILED
 from siyu.schemas.cadence import GRANTED, PAID, RewardWin
-from siyu.schemas.models import OutboxEntry
-from siyu.tasks.outbox import PENDING, SENDING, PlannedCall, drain, enqueue
-from siyu.tasks.rewards import PAYOUT_KIND, PAYOUT_PLAN, SettleReport, _Payer, mask_chat_id
+from siyu.tasks.rewards import mask_chat_id, resend_payout
 from siyu.tasks.tracking import cancel_message
 
 ZONE = ZoneInfo("Asia/Shanghai")
-RESENT_BY_OPS = "resent by ops"
 
 Touch = Annotated[int, Field(ge=1, le=4, description="The touch: 1 to 4")]
 CohortId = Annotated[int, Field(ge=1, description="The cohort's id (in the path-enroll artifact)")]
@@ -288,47 +285,6 @@ def cadence_resume(chat_id: ChatId) -> State:
 # -- a failed payout ---------------------------------------------------------------------------
 
 
-def _resend_entry(session: Session, win: RewardWin) -> str:
-    """The outbox batch of this bill's resend: the open one, or a new entry left `sending`.
-
-    The bill number is the payout's identity at WeChat Pay: every resend reuses it, so it is
-    paid at most once however often ops press the button. A new entry is `sending` without a
-    claim, as a payout a crash interrupted: the drain asks WeChat Pay about it before sending.
-    """
-    prefix = f"redpack:{win.billno}:resend:"
-    entries = list(
-        session.scalars(
-            sa.select(OutboxEntry).where(
-                OutboxEntry.kind == PAYOUT_KIND, OutboxEntry.key.startswith(prefix)
-            )
-        )
-    )
-    for entry in entries:
-        if entry.status in (PENDING, SENDING):
-            return entry.batch
-    batch = f"rewards:resend:{win.billno}"
-    key = f"{prefix}{len(entries) + 1}"
-    call = PlannedCall(
-        kind=PAYOUT_KIND,
-        key=key,
-        target=win.billno,
-        payload={
-            "win_id": win.id,
-            "billno": win.billno,
-            "member": win.member,
-            "amount_fen": win.amount_fen,
-            "act_name": win.script,
-        },
-    )
-    enqueue(session, batch, [call], plan=PAYOUT_PLAN)
-    session.execute(
-        sa.update(OutboxEntry)
-        .where(OutboxEntry.key == key, OutboxEntry.status == PENDING)
-        .values(status=SENDING, claimed_at=None)
-    )
-    return batch
-
-
 @flow(name="payout-resend", persist_result=False, log_prints=False)
 def payout_resend(billno: BillNumber, as_of: dt.datetime | None = None) -> State:
     """Resend one failed reward payout, under its own bill number, after asking WeChat Pay.
@@ -360,32 +316,15 @@ def payout_resend(billno: BillNumber, as_of: dt.datetime | None = None) -> State
         return Completed(message=text)
     if status not in (WIN_FAILED, GRANTED):
         return Failed(message=f"bill {billno} is {status}: only a failed payout is resent")
-    report = SettleReport()
     pay = Playbooks(env).pay_client()
     with env.wecom.get_client() as client:
-        payer = _Payer(pay, client.convert_to_openid, now, report)
-        with Session(engine) as session, session.begin():
-            win = session.scalar(sa.select(RewardWin).where(RewardWin.billno == billno))
-            win.status, win.reason = GRANTED, RESENT_BY_OPS
-            batch = _resend_entry(session, win)
-        # Its entry waits `sending` without a claim, as a crashed payout's would: the drain asks
-        # WeChat Pay about it first (rewards-settle's reconcile), and sends only if it has none.
-        drained = drain(
-            engine,
-            batch,
-            send=payer.send,
-            reconcile=payer.reconcile,
-            on_done=payer.on_done,
-            on_row_failed=payer.on_row_failed,
-        )
-    with Session(engine) as session:
-        win = session.scalar(sa.select(RewardWin).where(RewardWin.billno == billno))
-        final, reason = win.status, win.reason
+        resent = resend_payout(engine, billno, pay, client.convert_to_openid, now)
+    final, reason, report = resent.status, resent.reason, resent.report
     lines = [
         f"bill {billno} (group {chat}): WeChat Pay asked first; it had it already: "
-        f"{'yes, recorded paid' if drained.reconciled else 'no, sent again'}",
+        f"{'yes, recorded paid' if resent.reconciled else 'no, sent again'}",
         f"now {final}" + (f" ({reason})" if reason and final != PAID else ""),
-        f"calls: {dict(sorted(pay.calls.items()))}; reconciled {drained.reconciled}",
+        f"calls: {dict(sorted(pay.calls.items()))}; reconciled {resent.reconciled}",
     ]
     _report("payout-resend", f"Payout {billno} resent by ops", lines)
     if final == PAID:

@@ -545,3 +545,86 @@ def reward_totals(engine: sa.Engine) -> dict[str, int]:
             sa.select(RewardWin.status, sa.func.count()).group_by(RewardWin.status)
         )
         return {status: n for status, n in rows}
+
+
+# -- ops' resend of one failed payout -------------------------------------------------------------
+
+RESENT_BY_OPS = "resent by ops"
+
+
+@dataclass
+class Resend:
+    """What a resend of one payout came to: the win's status after it, and why."""
+
+    status: str
+    reason: str | None
+    reconciled: int  # 1: WeChat Pay had it already (recorded paid, not sent again)
+    report: SettleReport
+
+
+def _resend_entry(session: Session, win: RewardWin) -> str:
+    """The outbox batch of this bill's resend: the open one, or a new entry left `sending`.
+
+    The bill number is the payout's identity at WeChat Pay: every resend reuses it, so it is
+    paid at most once however often ops press the button. A new entry is `sending` without a
+    claim, as a payout a crash interrupted: the drain asks WeChat Pay about it before sending.
+    """
+    prefix = f"redpack:{win.billno}:resend:"
+    entries = list(
+        session.scalars(
+            sa.select(OutboxEntry).where(
+                OutboxEntry.kind == PAYOUT_KIND, OutboxEntry.key.startswith(prefix)
+            )
+        )
+    )
+    for entry in entries:
+        if entry.status in (PENDING, SENDING):
+            return entry.batch
+    batch = f"rewards:resend:{win.billno}"
+    key = f"{prefix}{len(entries) + 1}"
+    call = PlannedCall(
+        kind=PAYOUT_KIND,
+        key=key,
+        target=win.billno,
+        payload={
+            "win_id": win.id,
+            "billno": win.billno,
+            "member": win.member,
+            "amount_fen": win.amount_fen,
+            "act_name": win.script,
+        },
+    )
+    enqueue(session, batch, [call], plan=PAYOUT_PLAN)
+    session.execute(
+        sa.update(OutboxEntry)
+        .where(OutboxEntry.key == key, OutboxEntry.status == PENDING)
+        .values(status=SENDING, claimed_at=None)
+    )
+    return batch
+
+
+def resend_payout(
+    engine: sa.Engine, billno: str, pay: PayClient, openid_of: OpenId, as_of: dt.datetime
+) -> Resend:
+    """Resend the failed (or granted) payout `billno`, asking WeChat Pay about it first.
+
+    Its entry waits `sending` without a claim, as a crashed payout's would: the drain asks
+    WeChat Pay about it first (rewards-settle's reconcile), and sends only if it has none.
+    """
+    report = SettleReport()
+    payer = _Payer(pay, openid_of, as_of, report)
+    with Session(engine) as session, session.begin():
+        win = session.scalar(sa.select(RewardWin).where(RewardWin.billno == billno))
+        win.status, win.reason = GRANTED, RESENT_BY_OPS
+        batch = _resend_entry(session, win)
+    drained = drain(
+        engine,
+        batch,
+        send=payer.send,
+        reconcile=payer.reconcile,
+        on_done=payer.on_done,
+        on_row_failed=payer.on_row_failed,
+    )
+    with Session(engine) as session:
+        win = session.scalar(sa.select(RewardWin).where(RewardWin.billno == billno))
+        return Resend(win.status, win.reason, drained.reconciled, report)

@@ -349,6 +349,7 @@ def _ops_hear_of(scale: Scale, crashed: Any) -> None:
     assert events, "the crash left no prefect.flow-run.Crashed event for the alerts to read"
     alerting = [spec for spec in DEPLOYMENTS if spec.flow_name == ALERT_FLOW]
     if alerting:
-        scale.wait([scale.run(alerting[0].full_name)])
+        # One look, not the scheduled run's minutes of listening.
+        scale.wait([scale.run(alerting[0].full_name, listen_seconds=0)])
         posted = harness.dump(scale.sandbox.webhook_posts())
         assert crashed.name in posted or "tag-sync" in posted, posted

@@ -19,6 +19,14 @@ DAY = date(2026, 11, 24)
 SALT = "flow-test-salt"
 
 
+def read_run(state):
+    """The Prefect flow run behind a flow's returned state (its name and tags, as the UI lists)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id)
+
+
 @dataclass
 class System:
     """What a flow test drives and inspects."""

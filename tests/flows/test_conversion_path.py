@@ -16,7 +16,7 @@ from siyu.flows.conversion_path import path_due, path_enroll, path_touch
 from siyu.flows.tag_sync import tag_sync
 from siyu.schemas.conversion import Cohort, Enrollment, TouchRun
 from siyu.schemas.ledger import Send
-from tests.flows.conftest import DAY
+from tests.flows.conftest import DAY, read_run
 
 ZONE = ZoneInfo("Asia/Shanghai")
 MASS_API = "externalcontact/add_msg_template"
@@ -66,6 +66,8 @@ def test_a_dry_run_says_who_would_enter_and_stores_nothing(synced, scheduled) ->
     with Session(synced.engine()) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Enrollment)) == 0
     assert scheduled == []
+    run = read_run(state)
+    assert run.name.endswith(" · dry run") and "dry-run" in run.tags
 
 
 def test_enrolment_schedules_four_named_touches_and_touches_reach_the_treated_once(
@@ -153,7 +155,6 @@ def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced)
 
     spec = next(s for s in DEPLOYMENTS if s.full_name == conversion_path.TOUCH_DEPLOYMENT)
     deployment_id = spec.to_runner_deployment().apply()
-    earlier = {r.id for r in _touch_runs_in_prefect(deployment_id)}  # another test's, if any
     assert path_enroll(as_of=at(DAY, 9), return_state=True).is_completed()
 
     with Session(synced.engine()) as session:
@@ -162,7 +163,11 @@ def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced)
             (r.cohort_id, r.touch): (r.flow_run_id, r.due_at)
             for r in session.scalars(sa.select(TouchRun))
         }
-    found = [r for r in _touch_runs_in_prefect(deployment_id) if r.id not in earlier]
+    # The runs this enrolment stored (the session's server may hold other tests' runs, and the
+    # same day's cohort of another test's database has the same idempotency keys).
+    ours = {flow_run_id for flow_run_id, _ in stored.values()}
+    listed = _touch_runs_in_prefect(deployment_id)
+    found = [r for r in listed if str(r.id) in ours]
     assert cohorts and len(found) == 4 * len(cohorts) == len(stored)
     by_cohort: dict[int, list] = {}
     for run in found:
@@ -182,8 +187,8 @@ def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced)
 
     # Enrolment again the same day schedules nothing more.
     assert path_enroll(as_of=at(DAY, 9, 30), return_state=True).is_completed()
-    again = [r for r in _touch_runs_in_prefect(deployment_id) if r.id not in earlier]
-    assert {r.id for r in again} == {r.id for r in found}
+    again = _touch_runs_in_prefect(deployment_id)
+    assert {r.id for r in again} == {r.id for r in listed}
     # The idempotency key is what holds it: asking Prefect again for a scheduled touch (a retry
     # of enrolment after a crash between Prefect's answer and our commit) returns the same run.
     (cohort, touch), (flow_run_id, due) = next(iter(stored.items()))
@@ -191,7 +196,7 @@ def test_a_cohorts_four_touch_runs_are_scheduled_runs_in_the_prefect_api(synced)
     name = f"{cohorts[cohort].title} · 2026-11-24 cohort · touch {touch}"
     params = {"cohort": cohort, "touch": touch}
     assert conversion_path.schedule_with_prefect(key, params, due, name) == flow_run_id
-    assert len(_touch_runs_in_prefect(deployment_id)) == len(earlier) + len(found)
+    assert len(_touch_runs_in_prefect(deployment_id)) == len(listed)
 
 
 @pytest.fixture

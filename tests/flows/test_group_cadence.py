@@ -46,6 +46,7 @@ from siyu.schemas.settings import Settings
 from siyu.tasks.activities import run_winners
 from siyu.tasks.cadence import PAUSED_BY_OPS, occurrences
 from siyu.tasks.rewards import mask_chat_id
+from tests.flows.conftest import read_run
 from tests.tasks.test_rewards import KILLER
 
 CHINA = ZoneInfo("Asia/Shanghai")
@@ -191,6 +192,8 @@ def test_a_dry_run_sends_and_records_nothing(cadence_system):
     with Session(engine) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Send)) == 0
         assert session.scalar(sa.select(sa.func.count()).select_from(ProductPlacement)) == 0
+    run = read_run(state)
+    assert run.name.endswith(" · dry run") and "dry-run" in run.tags
 
 
 def test_a_game_chooses_winners_after_the_delay_and_pays_them_once(cadence_system):

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from siyu.blocks.send_rules import SendRules
 from siyu.blocks.wecom import WeComClient
 from siyu.schemas.models import OutboxEntry
-from siyu.tasks.tracking import TrackSettings, manager_summary, track_sends
+from siyu.tasks.tracking import Paused, TrackSettings, manager_summary, track_sends
 from tests.tasks.test_delivery import (
     MGR001,
     SATURDAY_10,
@@ -114,6 +114,28 @@ def test_deferred_rows_are_planned_again_and_sent_when_due(engine, wecom, sandbo
     assert set(ledger(engine)["status"]) == {"created"}
     assert len(sandbox.mass_messages()) == 1
     assert isinstance(manager_summary(engine, month="2026-12"), pd.DataFrame)
+
+
+def test_a_deferred_row_of_a_path_paused_since_is_skipped_not_sent(engine, wecom, sandbox) -> None:
+    send(engine, wecom, wanted(MGR001[:2]), as_of=at(sandbox, SATURDAY_10))
+    monday = dt.datetime(2026, 12, 7, 9, 0, tzinfo=ZONE)
+
+    report = track_sends(
+        engine,
+        wecom,
+        rules=SendRules(),
+        as_of=at(sandbox, monday),
+        paused=Paused(programmes=frozenset({"path:welcome"})),
+    )
+
+    assert report.replanned == {"skipped": 2, "skipped:path paused by ops": 2}
+    rows = ledger(engine)
+    assert set(rows["status"]) == {"skipped"}
+    assert set(rows["reason"]) == {"path paused by ops"}
+    assert sandbox.mass_messages() == []
+    # A later round (resumed or not) has nothing left to send: skipped is final.
+    track(engine, wecom, at(sandbox, monday + HOUR))
+    assert sandbox.mass_messages() == []
 
 
 def test_siyu_sends_track_takes_an_iso_time_read_in_beijing_time() -> None:
