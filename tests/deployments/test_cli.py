@@ -277,7 +277,11 @@ def test_contacts_sync_exits_0_and_prints_the_message_when_completed(monkeypatch
 
     assert code == 0
     assert capsys.readouterr().out.strip() == "bound 1,204 of 1,250 contacts"
-    assert fake.calls == [{"return_state": True}]
+    assert fake.calls == [{"as_of": None, "return_state": True}]
+
+    # --at: the time to sync for (new contacts enrol as of then), read in Beijing time
+    assert cli.main(["contacts-sync", "--at", "2026-12-01T10:40"]) == 0
+    assert fake.calls[-1]["as_of"].isoformat() == "2026-12-01T10:40:00+08:00"
 
 
 def test_tag_sync_exits_2_with_the_message_on_stderr_when_failed(
