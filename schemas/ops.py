@@ -61,6 +61,7 @@ class OpsCursor(Base):
 
     __tablename__ = "ops_cursors"
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # "cursor", not "name": no column of siyu's is called like a place for a person's name.
+    cursor: Mapped[str] = mapped_column(String(64), primary_key=True)
     read_until: Mapped[dt.datetime] = mapped_column()
     updated_at: Mapped[dt.datetime] = mapped_column(default=utc_now, onupdate=utc_now)

@@ -387,7 +387,7 @@ def save_cursor(engine: sa.Engine, until: dt.datetime, name: str = EVENTS_CURSOR
     with Session(engine) as session, session.begin():
         cursor = session.get(OpsCursor, name)
         if cursor is None:
-            session.add(OpsCursor(name=name, read_until=until))
+            session.add(OpsCursor(cursor=name, read_until=until))
         elif until > cursor.read_until:
             cursor.read_until = until
 
@@ -522,10 +522,10 @@ def _lock_robot(session: Session, robot: str, now: dt.datetime) -> None:
     database's write lock on SQLite) held until the claim commits."""
     name = f"robot:{robot}"[:64]
     moved = session.execute(
-        sa.update(OpsCursor).where(OpsCursor.name == name).values(updated_at=now)
+        sa.update(OpsCursor).where(OpsCursor.cursor == name).values(updated_at=now)
     ).rowcount
     if not moved:
-        session.add(OpsCursor(name=name, read_until=now))
+        session.add(OpsCursor(cursor=name, read_until=now))
         session.flush()
 
 

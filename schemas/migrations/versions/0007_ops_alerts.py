@@ -56,10 +56,10 @@ def upgrade() -> None:
     op.create_index("ix_ops_alerts_status_occurred_at", "ops_alerts", ["status", "occurred_at"])
     op.create_table(
         "ops_cursors",
-        sa.Column("name", sa.String(length=64), nullable=False),
+        sa.Column("cursor", sa.String(length=64), nullable=False),
         sa.Column("read_until", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
-        sa.PrimaryKeyConstraint("name", name="pk_ops_cursors"),
+        sa.PrimaryKeyConstraint("cursor", name="pk_ops_cursors"),
     )
 
 
