@@ -55,6 +55,17 @@ TUESDAY = MONDAY + dt.timedelta(days=1)
 WEDNESDAY = MONDAY + dt.timedelta(days=2)
 
 
+def seed_and_point_siyu_at(sandbox, seed_dir, database_url: str, monkeypatch) -> None:
+    """The sandbox seeded with a sample, siyu's WeCom, payouts and database set to it, migrated."""
+    sandbox.seed(seed_dir)
+    monkeypatch.setenv("SIYU_DATABASE_URL", database_url)
+    monkeypatch.setenv("SIYU_WECOM_BASE_URL", sandbox.api_base)
+    monkeypatch.setenv("SIYU_WECOM_CORP_ID", sandbox.corp_id)
+    monkeypatch.setenv("SIYU_WECOM_SECRET", sandbox.secret)
+    monkeypatch.setenv("SIYU_PAY_BASE_URL", sandbox.pay_base)
+    upgrade(database_url)
+
+
 @pytest.fixture
 def cadence_system(prefect_server, sandbox, database_url, siyu_home, monkeypatch, tmp_path):
     """20 groups of 3 owners in the sandbox, siyu pointed at it, a product calendar saved."""
@@ -62,13 +73,7 @@ def cadence_system(prefect_server, sandbox, database_url, siyu_home, monkeypatch
         SampleSpec(customers=900, groups=20, managers=3, seed=5, export_date=dt.date(2026, 10, 31)),
         tmp_path / "sample",
     )
-    sandbox.seed(sample.seed_dir)
-    monkeypatch.setenv("SIYU_DATABASE_URL", database_url)
-    monkeypatch.setenv("SIYU_WECOM_BASE_URL", sandbox.api_base)
-    monkeypatch.setenv("SIYU_WECOM_CORP_ID", sandbox.corp_id)
-    monkeypatch.setenv("SIYU_WECOM_SECRET", sandbox.secret)
-    monkeypatch.setenv("SIYU_PAY_BASE_URL", sandbox.pay_base)
-    upgrade(database_url)
+    seed_and_point_siyu_at(sandbox, sample.seed_dir, database_url, monkeypatch)
     calendar = ProductCalendar(
         rotation_days=7,
         promotions=[

@@ -17,8 +17,9 @@ from siyu.blocks.wecom import WeComClient
 from siyu.flows.group_cadence import join_hook, rewards_settle
 from siyu.sandbox.sample import SampleSpec, generate
 from siyu.schemas.cadence import PAID, ActivityParticipation, RewardWin
-from siyu.schemas.database import make_engine, upgrade
+from siyu.schemas.database import make_engine
 from siyu.schemas.settings import Settings
+from tests.flows.test_group_cadence import seed_and_point_siyu_at
 
 CHINA = ZoneInfo("Asia/Shanghai")
 MONDAY = dt.datetime(2026, 12, 14, tzinfo=CHINA)
@@ -32,13 +33,7 @@ def hook_system(prefect_server, sandbox, database_url, siyu_home, monkeypatch, t
         SampleSpec(customers=300, groups=4, managers=2, seed=8, export_date=dt.date(2026, 10, 31)),
         tmp_path / "sample",
     )
-    sandbox.seed(sample.seed_dir)
-    monkeypatch.setenv("SIYU_DATABASE_URL", database_url)
-    monkeypatch.setenv("SIYU_WECOM_BASE_URL", sandbox.api_base)
-    monkeypatch.setenv("SIYU_WECOM_CORP_ID", sandbox.corp_id)
-    monkeypatch.setenv("SIYU_WECOM_SECRET", sandbox.secret)
-    monkeypatch.setenv("SIYU_PAY_BASE_URL", sandbox.pay_base)
-    upgrade(database_url)
+    seed_and_point_siyu_at(sandbox, sample.seed_dir, database_url, monkeypatch)
     SendRules(holidays=[HOLIDAY]).save(BLOCK_NAME, overwrite=True)
     engine = make_engine(database_url)
     try:
