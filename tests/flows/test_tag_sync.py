@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pandas as pd
 import sqlalchemy as sa
 from prefect.client.orchestration import get_client
@@ -494,7 +496,13 @@ def test_the_push_logs_its_counts_as_it_goes(system):
     contacts_sync()
     state = run_tag_sync()
     total = state.result()["calls_planned"]
-    _, logs = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
-    progress = [log.message for log in logs if " settled (" in log.message]
+    # Logs reach the server in batches a moment after the run: read until the lines stop coming.
+    progress: list[str] = []
+    for _ in range(30):
+        _, logs = asyncio.run(_artifacts_and_logs(state.state_details.flow_run_id))
+        progress = [log.message for log in logs if " settled (" in log.message]
+        if len(progress) >= 9:
+            break
+        time.sleep(0.5)
     assert len(progress) >= 5  # about every 10 %
     assert all(f" of {total:,} settled" in line for line in progress)
