@@ -24,8 +24,11 @@ install: $(STAMP)
 up: $(STAMP)
 	$(BIN)/siyu up
 
+# Two workers, each with its own Prefect server and sandbox; a file's tests stay on one worker
+# (they share module fixtures). TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The two-worker scale-out on PostgreSQL (README, "How it scales"), alone: ~3 minutes.
 scale-test: $(STAMP)
