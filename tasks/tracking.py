@@ -361,6 +361,20 @@ class _Tracker:
             return None
         return session.scalar(sa.select(OutboxEntry).where(OutboxEntry.key == message.outbox_key))
 
+    @staticmethod
+    def _store_result(session: Session, entry: OutboxEntry, result: dict[str, Any]) -> bool:
+        """Write the entry's result if nobody changed the entry since it was read (its
+        `updated_at`, which every update moves): two tracking rounds at once (the deployment,
+        `siyu sends track`, an ops rerun) never both remind, and neither loses the other's write.
+        """
+        stored = session.execute(
+            sa.update(OutboxEntry)
+            .where(OutboxEntry.id == entry.id, OutboxEntry.updated_at == entry.updated_at)
+            .values(result=result)
+            .execution_options(synchronize_session=False)
+        )
+        return stored.rowcount == 1
+
     def _remind(self, message: _Message) -> None:
         """Remind the sender if due and WeCom's 3 in 24 h allows; times stored before the call."""
         settings = self.settings
@@ -378,9 +392,8 @@ class _Tracker:
             if recent and self.as_of - max(recent) < settings.remind_every:
                 return
             result["reminders"] = [t.isoformat() for t in [*times, self.as_of]]
-            session.execute(
-                sa.update(OutboxEntry).where(OutboxEntry.id == entry.id).values(result=result)
-            )
+            if not self._store_result(session, entry, result):
+                return  # another tracking round took this message meanwhile
         self.calls["externalcontact/remind_groupmsg_send"] += 1
         try:
             self.client.remind_groupmsg_send(message.msgid)
@@ -460,9 +473,8 @@ class _Tracker:
             if entry is not None:
                 result = dict(entry.result or {})
                 result["unconfirmed_alert"] = self.as_of.isoformat()
-                session.execute(
-                    sa.update(OutboxEntry).where(OutboxEntry.id == entry.id).values(result=result)
-                )
+                # Lost to a concurrent round: the next one emits again, the queue keeps one.
+                self._store_result(session, entry, result)
 
     def track(self, message: _Message) -> None:
         self.report.messages += 1

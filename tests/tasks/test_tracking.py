@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterator
 
@@ -90,6 +91,48 @@ def test_late_employee_is_reminded_at_most_3_times_in_24h_then_settled(
         assert sum(first <= t < first + dt.timedelta(hours=24) for t in reminded) <= 3
     assert len(sandbox.app_messages("mgr001")) == len(reminded)
     assert set(ledger(engine)["status"]) == {"delivered"}
+
+
+def test_two_tracking_rounds_at_once_remind_a_late_employee_once(
+    engine, wecom, sandbox, monkeypatch
+) -> None:
+    """The deployment's round and `siyu sends track` (or an ops rerun) can run at the same time."""
+    import threading
+
+    from siyu.tasks import tracking
+
+    sandbox.config(confirm_delay_seconds=3600, late_factor=30, employee_confirm={"mgr001": "late"})
+    send(engine, wecom, wanted(MGR001[:2]), as_of=at(sandbox, TUESDAY_10))
+    when = at(sandbox, TUESDAY_10 + 3 * HOUR)
+    # Both rounds read the entry before either writes: the race, every time.
+    both_read = threading.Barrier(2, timeout=10)
+    read = tracking._Tracker._entry
+
+    def entry_then_wait(self, session, message):
+        found = read(self, session, message)
+        if threading.current_thread().name.startswith("round"):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                both_read.wait()
+        return found
+
+    monkeypatch.setattr(tracking._Tracker, "_entry", entry_then_wait)
+    monkeypatch.setattr(tracking._Tracker, "_alert_unconfirmed", lambda self, message: None)
+    reports: list = []
+
+    def round_() -> None:
+        with WeComClient(
+            sandbox.api_base, sandbox.corp_id, sandbox.secret, agent_id=sandbox.agent_id
+        ) as client:
+            reports.append(track(engine, client, when, remind_after=HOUR, remind_every=HOUR))
+
+    rounds = [threading.Thread(target=round_, name=f"round-{i}") for i in range(2)]
+    for thread in rounds:
+        thread.start()
+    for thread in rounds:
+        thread.join(60)
+    assert len(reports) == 2
+    assert sum(r.reminders for r in reports) == 1
+    assert len(sandbox.app_messages("mgr001")) == 1
 
 
 def test_message_past_its_window_is_cancelled_and_expires(engine, wecom, sandbox) -> None:
