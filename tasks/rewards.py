@@ -441,6 +441,18 @@ class _Payer:
     as_of: dt.datetime
     report: SettleReport
 
+    def drain(self, engine: sa.Engine, batch: str, **options: Any) -> DrainReport:
+        """Drain one payout batch of the outbox through these callbacks."""
+        return drain(
+            engine,
+            batch,
+            send=self.send,
+            reconcile=self.reconcile,
+            on_done=self.on_done,
+            on_row_failed=self.on_row_failed,
+            **options,
+        )
+
     def send(self, entry: OutboxEntry) -> dict[str, Any]:
         p = entry.payload
         try:
@@ -522,17 +534,7 @@ def settle_rewards(
     payer = _Payer(pay, openid_of, as_of, report)
     drained = DrainReport()
     for batch in open_payout_batches(engine):
-        drained = drained.merge(
-            drain(
-                engine,
-                batch,
-                send=payer.send,
-                reconcile=payer.reconcile,
-                on_done=payer.on_done,
-                on_row_failed=payer.on_row_failed,
-                in_flight_seconds=in_flight_seconds,
-            )
-        )
+        drained = drained.merge(payer.drain(engine, batch, in_flight_seconds=in_flight_seconds))
     report.reconciled, report.resent = drained.reconciled, drained.resent
     report.calls = dict(sorted(pay.calls.items()))
     return report
@@ -617,14 +619,7 @@ def resend_payout(
         win = session.scalar(sa.select(RewardWin).where(RewardWin.billno == billno))
         win.status, win.reason = GRANTED, RESENT_BY_OPS
         batch = _resend_entry(session, win)
-    drained = drain(
-        engine,
-        batch,
-        send=payer.send,
-        reconcile=payer.reconcile,
-        on_done=payer.on_done,
-        on_row_failed=payer.on_row_failed,
-    )
+    drained = payer.drain(engine, batch)
     with Session(engine) as session:
         win = session.scalar(sa.select(RewardWin).where(RewardWin.billno == billno))
         return Resend(win.status, win.reason, drained.reconciled, report)

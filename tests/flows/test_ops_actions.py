@@ -17,11 +17,12 @@ from siyu.blocks.wecom import WeComClient
 from siyu.flows import ops_actions
 from siyu.schemas.cadence import FAILED as WIN_FAILED
 from siyu.schemas.cadence import PAID, RewardWin
-from siyu.schemas.database import make_engine, upgrade
+from siyu.schemas.database import make_engine
 from siyu.schemas.ledger import Send
 from siyu.tasks.ops_alerts import OPS_ACTION_FLOWS
 from tests.fixtures.sandbox import SEED_CHAT_IDS, SEED_CONTACT_IDS
 from tests.flows.test_conversion_path import scheduled, synced  # noqa: F401 - fixtures
+from tests.flows.test_group_cadence import seed_and_point_siyu_at
 from tests.tasks.test_delivery import MGR001, TUESDAY_10, send, wanted
 
 ZONE = dt.timezone(dt.timedelta(hours=8))
@@ -58,13 +59,7 @@ def template_restored(prefect_server) -> Iterator[None]:
 @pytest.fixture
 def small(prefect_server, sandbox, seed_dir, database_url, monkeypatch, siyu_home):
     """The small seed in the sandbox, a migrated database, siyu's settings pointing at both."""
-    sandbox.seed(seed_dir)
-    monkeypatch.setenv("SIYU_DATABASE_URL", database_url)
-    monkeypatch.setenv("SIYU_WECOM_BASE_URL", sandbox.api_base)
-    monkeypatch.setenv("SIYU_WECOM_CORP_ID", sandbox.corp_id)
-    monkeypatch.setenv("SIYU_WECOM_SECRET", sandbox.secret)
-    monkeypatch.setenv("SIYU_PAY_BASE_URL", sandbox.pay_base)
-    upgrade(database_url)
+    seed_and_point_siyu_at(sandbox, seed_dir, database_url, monkeypatch)
     engine = make_engine(database_url)
     yield engine
     engine.dispose()
